@@ -1,0 +1,63 @@
+"""The contract between a stage and the engine.
+
+A task is an `nn.Module` that owns every model of its stage (frozen ones included, with
+`requires_grad=False`), so that the engine can hand the whole thing to accelerate (DDP wraps it and
+syncs only the trainable parameters). `forward(batch)` is the training step and returns named losses;
+the key "loss" is the one optimised.
+
+Checkpoints hold exactly the parameters with `requires_grad=True`, under their names in this module.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import torch
+from torch import nn
+
+
+class Task(nn.Module):
+    ModelConfig = None  # a dataclass: the schema of the config's `model:` section
+
+    def __init__(self, cfg):
+        super().__init__()
+        self.cfg = cfg
+
+    # ---- training ---------------------------------------------------------------------------------
+    def training_step(self, batch: dict) -> dict[str, torch.Tensor]:
+        raise NotImplementedError
+
+    def forward(self, batch: dict) -> dict[str, torch.Tensor]:
+        return self.training_step(batch)
+
+    def train_dataset(self) -> torch.utils.data.Dataset:
+        raise NotImplementedError
+
+    def collate(self, items: list) -> dict:
+        raise NotImplementedError
+
+    def sample(self, out_dir: Path, split: str, num_stories: Optional[int]) -> Path:
+        """Draw stories of `split` with the current weights into the generated-story layout."""
+        raise NotImplementedError
+
+    # ---- weights ----------------------------------------------------------------------------------
+    def trainable_state_dict(self) -> dict[str, torch.Tensor]:
+        return {name: p.detach() for name, p in self.named_parameters() if p.requires_grad}
+
+    def load_trainable_state_dict(self, state: dict[str, torch.Tensor], source: str = "checkpoint") -> None:
+        """Strict load of the trainable weights: any missing, unexpected or mis-shaped key is an error."""
+        own = dict((n, p) for n, p in self.named_parameters() if p.requires_grad)
+        missing = sorted(set(own) - set(state))
+        unexpected = sorted(set(state) - set(own))
+        if missing or unexpected:
+            raise ValueError(
+                f"{source}: trainable weights do not match this model: "
+                f"{len(missing)} missing ({', '.join(missing[:5])}{'...' if len(missing) > 5 else ''}), "
+                f"{len(unexpected)} unexpected ({', '.join(unexpected[:5])}{'...' if len(unexpected) > 5 else ''})")
+        for name, param in own.items():
+            if param.shape != state[name].shape:
+                raise ValueError(f"{source}: '{name}' has shape {tuple(state[name].shape)}, "
+                                 f"the model expects {tuple(param.shape)}")
+        with torch.no_grad():
+            for name, param in own.items():
+                param.copy_(state[name].to(param.dtype))
