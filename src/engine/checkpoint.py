@@ -1,0 +1,174 @@
+"""Checkpoints: atomic, keep-last-K, exact resume.
+
+Layout of `<run>/checkpoints/step_000500/`:
+  trainable.safetensors   the parameters with requires_grad, by name (all that generation needs)
+  ema.safetensors         the EMA copy of the same, when EMA is on
+  optimizer.pt scheduler.pt  optimizer and LR-schedule state
+  rng_state_<rank>.pt     python/numpy/torch(/cuda) generators of every process
+  trainer_state.json      step, EMA counters, world size; written last
+
+A checkpoint is written into `step_000500.tmp` and renamed into place only when complete, so a run
+killed while saving leaves the previous checkpoint as the latest. "latest" is the highest-numbered
+complete `step_*` folder. Old checkpoints are renamed away before they are deleted for the same reason.
+"""
+from __future__ import annotations
+
+import json
+import os
+import random
+import re
+import shutil
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+import torch
+from safetensors.torch import load_file, save_file
+
+STEP_DIR = re.compile(r"^step_(\d+)$")
+REQUIRED = ("trainable.safetensors", "optimizer.pt", "scheduler.pt", "trainer_state.json")
+
+
+def step_dir_name(step: int) -> str:
+    return f"step_{step:06d}"
+
+
+def list_checkpoints(root: Path) -> list[Path]:
+    """Complete checkpoints under `root`, oldest first."""
+    if not root.is_dir():
+        return []
+    found = [(int(m.group(1)), p) for p in root.iterdir() if p.is_dir() and (m := STEP_DIR.match(p.name))]
+    return [p for _, p in sorted(found)]
+
+
+def resolve_checkpoint(spec: str, root: Path) -> Path:
+    """`latest`, a run folder, or a checkpoint folder -> a complete checkpoint folder."""
+    if spec == "latest":
+        found = list_checkpoints(root)
+        if not found:
+            raise FileNotFoundError(f"resume=latest: no complete checkpoint under {root}")
+        return found[-1]
+    path = Path(spec)
+    if (path / "checkpoints").is_dir():
+        return resolve_checkpoint("latest", path / "checkpoints")
+    missing = [name for name in REQUIRED if not (path / name).is_file()]
+    if missing:
+        raise FileNotFoundError(f"{path}: not a complete checkpoint (missing {', '.join(missing)})")
+    return path
+
+
+def _rng_state() -> dict:
+    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_rng_state(state: dict) -> None:
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def _ema_split(ema) -> tuple[list, dict]:
+    state = ema.state_dict()
+    return state.pop("shadow_params"), state
+
+
+def _uses_deepspeed(accelerator) -> bool:
+    return str(getattr(accelerator, "distributed_type", "")).endswith("DEEPSPEED")
+
+
+def _trainable_weights(task, accelerator, model) -> dict:
+    if _uses_deepspeed(accelerator):  # ZeRO-3 shards parameters: gather them (a collective call)
+        full = accelerator.get_state_dict(model)
+        return {name: full[name] for name in task.trainable_state_dict()} if full is not None else {}
+    return task.trainable_state_dict()
+
+
+def save_checkpoint(root: Path, step: int, task, optimizer, scheduler, ema, accelerator, keep_last: int,
+                    model=None) -> Path:
+    """Write checkpoint `step` from every process (each saves its RNG state) and prune old ones.
+
+    `model` is the accelerate-prepared task; under DeepSpeed its engine saves the sharded optimizer
+    state itself (every process writes its shard into `deepspeed/`)."""
+    final = root / step_dir_name(step)
+    tmp = root / (step_dir_name(step) + ".tmp")
+    if accelerator.is_main_process:
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+    accelerator.wait_for_everyone()
+    torch.save(_rng_state(), tmp / f"rng_state_{accelerator.process_index}.pt")
+    weights = _trainable_weights(task, accelerator, model)
+    if _uses_deepspeed(accelerator):
+        model.save_checkpoint(str(tmp / "deepspeed"), tag="state")
+    if accelerator.is_main_process:
+        names = list(task.trainable_state_dict())
+        save_file({k: v.contiguous().cpu() for k, v in weights.items()}, tmp / "trainable.safetensors")
+        ema_counters = None
+        if ema is not None:
+            shadow, ema_counters = _ema_split(ema)
+            save_file({n: t.contiguous().cpu() for n, t in zip(names, shadow)}, tmp / "ema.safetensors")
+        torch.save({} if _uses_deepspeed(accelerator) else optimizer.state_dict(), tmp / "optimizer.pt")
+        torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
+        state = {"step": step, "world_size": accelerator.num_processes, "ema": ema_counters}
+        (tmp / "trainer_state.json").write_text(json.dumps(state, indent=2))
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        for path in tmp.iterdir():  # make the files durable before they become visible
+            with open(path, "rb") as handle:
+                os.fsync(handle.fileno())
+        if final.exists():
+            shutil.rmtree(final)
+        os.replace(tmp, final)
+        _prune(root, keep_last)
+    accelerator.wait_for_everyone()
+    return final
+
+
+def _prune(root: Path, keep_last: int) -> None:
+    if keep_last <= 0:
+        return
+    for old in list_checkpoints(root)[:-keep_last]:
+        trash = old.with_name(old.name + ".deleting")
+        os.replace(old, trash)
+        shutil.rmtree(trash)
+
+
+def load_trainable(path: Path, task, use_ema: bool = False) -> None:
+    """Load trainable (or EMA) weights from a checkpoint folder, strictly."""
+    file = path / ("ema.safetensors" if use_ema else "trainable.safetensors")
+    if not file.is_file():
+        raise FileNotFoundError(f"{file}: not found" + (" (the run trained without EMA)" if use_ema else ""))
+    task.load_trainable_state_dict(load_file(str(file)), source=str(file))
+
+
+def load_checkpoint(path: Path, task, optimizer, scheduler, ema, accelerator, model=None) -> int:
+    """Restore everything `save_checkpoint` wrote; returns the step to continue from."""
+    state = json.loads((path / "trainer_state.json").read_text())
+    if state["world_size"] != accelerator.num_processes:
+        raise ValueError(f"{path}: saved by {state['world_size']} processes, resumed with "
+                         f"{accelerator.num_processes}; exact resume needs the same number")
+    load_trainable(path, task)
+    if ema is not None:
+        if state["ema"] is None:
+            raise ValueError(f"{path}: train.ema is on but the checkpoint has no EMA state")
+        shadow = load_file(str(path / "ema.safetensors"))
+        names = list(task.trainable_state_dict())
+        ema.load_state_dict({**state["ema"], "shadow_params": [shadow[n] for n in names]})
+    if _uses_deepspeed(accelerator):
+        model.load_checkpoint(str(path / "deepspeed"), tag="state", load_optimizer_states=True,
+                              load_lr_scheduler_states=False)
+    else:
+        optimizer.load_state_dict(torch.load(path / "optimizer.pt", weights_only=False))
+    scheduler.load_state_dict(torch.load(path / "scheduler.pt", weights_only=False))
+    rng_file = path / f"rng_state_{accelerator.process_index}.pt"
+    _set_rng_state(torch.load(rng_file, weights_only=False))
+    return int(state["step"])
+
+
+def latest_or_none(root: Path) -> Optional[Path]:
+    found = list_checkpoints(root)
+    return found[-1] if found else None

@@ -1,0 +1,201 @@
+"""The one training loop, for every stage.
+
+The task (src/tasks/) builds its models and data and computes named losses; this loop owns everything
+else: accelerate (devices, DDP / DeepSpeed, mixed precision, gradient accumulation), AdamW, the LR
+schedule, gradient clipping, EMA, logging, periodic samples and checkpoints with exact resume.
+"""
+from __future__ import annotations
+
+import math
+import time
+from pathlib import Path
+
+import torch
+from accelerate import Accelerator
+from accelerate.utils import ProjectConfiguration
+from diffusers.optimization import get_scheduler
+from diffusers.training_utils import EMAModel
+from omegaconf import OmegaConf
+from torch.utils.data import DataLoader
+from tqdm.auto import tqdm
+
+from src.config import save_config
+from src.engine import checkpoint as ckpt
+from src.engine.sampler import StepBatchSampler
+from src.engine.tracking import start_trackers, tracker_backends
+from src.tasks import build_task
+from src.tools.assets import ensure_assets
+
+SCHEDULES = {"constant": "constant_with_warmup", "cosine": "cosine"}
+
+
+def run_dir_of(cfg) -> Path:
+    return Path(cfg.output_root) / cfg.stage / cfg.data.name / cfg.run_name
+
+
+def _check_run_folder(run_dir: Path, cfg) -> None:
+    existing = ckpt.latest_or_none(run_dir / "checkpoints")
+    if existing is not None and cfg.train.resume is None:
+        raise FileExistsError(f"{run_dir} already holds checkpoints (latest {existing.name}); pass "
+                              f"train.resume=latest to continue it, or a new run_name=... to start afresh")
+
+
+def _to_device(batch: dict, device) -> dict:
+    return {k: v.to(device, non_blocking=True) if torch.is_tensor(v) else v for k, v in batch.items()}
+
+
+def _seed_everything(seed: int) -> None:
+    import random
+
+    import numpy as np
+
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def micro_step(accelerator, model, optimizer, params, batch: dict, grad_clip: float) -> dict:
+    """Forward, backward and (on the last micro-batch of an accumulation) clip + optimizer step."""
+    with accelerator.accumulate(model):
+        losses = model(batch)
+        accelerator.backward(losses["loss"])
+        if accelerator.sync_gradients and grad_clip > 0:
+            accelerator.clip_grad_norm_(params, grad_clip)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+    return losses
+
+
+def make_accelerator(cfg, run_dir: Path) -> Accelerator:
+    """Without a visible GPU, accelerate is asked for the CPU: several processes then form a gloo group."""
+    accelerator = Accelerator(
+        cpu=not torch.cuda.is_available(),
+        mixed_precision=cfg.train.mixed_precision,
+        gradient_accumulation_steps=cfg.train.grad_accum,
+        log_with=tracker_backends(cfg),
+        project_config=ProjectConfiguration(project_dir=str(run_dir), logging_dir=str(run_dir / "logs")),
+    )
+    plugin = getattr(accelerator.state, "deepspeed_plugin", None)
+    if plugin is not None:  # DeepSpeed needs the batch geometry: we do not hand it our data loader
+        ds = plugin.deepspeed_config
+        ds["train_micro_batch_size_per_gpu"] = cfg.train.batch_size
+        ds["gradient_accumulation_steps"] = cfg.train.grad_accum
+        ds["train_batch_size"] = cfg.train.batch_size * cfg.train.grad_accum * accelerator.num_processes
+        ds["gradient_clipping"] = cfg.train.grad_clip
+    return accelerator
+
+
+def train(cfg) -> Path:
+    """Train the run described by `cfg`; returns the run folder."""
+    run_dir = run_dir_of(cfg)
+    accelerator = make_accelerator(cfg, run_dir)
+    if accelerator.is_main_process:
+        _check_run_folder(run_dir, cfg)
+        run_dir.mkdir(parents=True, exist_ok=True)
+        save_config(cfg, run_dir / "config.yaml")
+    with accelerator.main_process_first():
+        ensure_assets(cfg)
+
+    _seed_everything(cfg.train.seed)  # identical initial weights on every process
+    task = build_task(cfg)
+    params = [p for p in task.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=cfg.optim.lr, betas=tuple(cfg.optim.betas), eps=cfg.optim.eps,
+                                  weight_decay=cfg.optim.weight_decay)
+    scheduler = get_scheduler(SCHEDULES[cfg.optim.schedule], optimizer,
+                              num_warmup_steps=cfg.optim.warmup_steps, num_training_steps=cfg.train.max_steps)
+    model, optimizer = accelerator.prepare(task, optimizer)
+    ema = None
+    if cfg.train.ema:
+        ema = EMAModel(params, decay=cfg.train.ema_decay, foreach=True)
+        ema.to(accelerator.device)
+
+    ckpt_root = run_dir / "checkpoints"
+    start_step = 0
+    if cfg.train.resume is not None:
+        path = ckpt.resolve_checkpoint(cfg.train.resume, ckpt_root)
+        start_step = ckpt.load_checkpoint(path, task, optimizer, scheduler, ema, accelerator, model)
+        accelerator.print(f"resumed from {path} at step {start_step}")
+    else:
+        _seed_everything(cfg.train.seed * 1000 + accelerator.process_index + 1)  # per-process noise
+
+    dataset = task.train_dataset()
+    sampler = StepBatchSampler(len(dataset), cfg.train.batch_size, cfg.train.seed, accelerator.process_index,
+                               accelerator.num_processes, start_batch=start_step * cfg.train.grad_accum)
+    loader = DataLoader(dataset, batch_sampler=sampler, collate_fn=task.collate,
+                        num_workers=cfg.data.num_workers, persistent_workers=cfg.data.num_workers > 0)
+    batches = iter(loader)
+    trackers = start_trackers(accelerator, cfg, run_dir)
+    trackers.truncate_after(start_step)
+
+    progress = tqdm(total=cfg.train.max_steps, initial=start_step, desc=f"{cfg.stage}/{cfg.data.name}",
+                    disable=not accelerator.is_local_main_process, dynamic_ncols=True)
+    started, step, last_saved = time.time(), start_step, None
+    running = {}
+    while step < cfg.train.max_steps:
+        for _ in range(cfg.train.grad_accum):
+            batch = _to_device(next(batches), accelerator.device)
+            losses = micro_step(accelerator, model, optimizer, params, batch, cfg.train.grad_clip)
+            for name, value in losses.items():
+                running[name] = running.get(name, 0.0) + value.detach().float().item() / cfg.train.grad_accum
+        scheduler.step()
+        if ema is not None:
+            ema.step(params)
+        step += 1
+        if not math.isfinite(running["loss"]):
+            raise FloatingPointError(f"step {step}: loss is {running['loss']}; lower optim.lr or check the data")
+        progress.update(1)
+        if step % cfg.train.log_every == 0 or step == cfg.train.max_steps:
+            logs = {f"train/{k}": v for k, v in running.items()}
+            logs["train/lr"] = scheduler.get_last_lr()[0]
+            accelerator.log(logs, step=step)
+            progress.set_postfix(loss=f"{running['loss']:.4f}", lr=f"{logs['train/lr']:.2e}")
+            trackers.write_jsonl(logs, step)
+        running = {}
+
+        out_of_time = cfg.train.max_minutes > 0 and (time.time() - started) / 60 >= cfg.train.max_minutes
+        done = step == cfg.train.max_steps or out_of_time
+        if step % cfg.train.checkpoint_every == 0 or done:
+            ckpt.save_checkpoint(ckpt_root, step, task, optimizer, scheduler, ema, accelerator,
+                                 cfg.train.keep_last, model)
+            last_saved = step
+        if (cfg.train.sample_every and step % cfg.train.sample_every == 0) or done:
+            _sample(task, ema, params, accelerator, run_dir / "samples" / ckpt.step_dir_name(step), cfg)
+        if out_of_time:
+            accelerator.print(f"stopping at step {step}: train.max_minutes={cfg.train.max_minutes} reached")
+            break
+    progress.close()
+    accelerator.end_training()
+    if accelerator.is_main_process:
+        summary = {"final_step": step, "last_checkpoint": last_saved, "minutes": (time.time() - started) / 60}
+        trackers.write_summary(summary)
+    return run_dir
+
+
+def _sample(task, ema, params, accelerator, out_dir: Path, cfg) -> None:
+    """Sample stories with the EMA weights when EMA is on; leaves every RNG untouched (exact resume)."""
+    if accelerator.is_main_process:
+        with torch.random.fork_rng(devices=[]):
+            if ema is not None:
+                ema.store(params)
+                ema.copy_to(params)
+            task.eval()
+            try:
+                task.sample(out_dir, cfg.sample.split, cfg.sample.num_stories)
+            finally:
+                task.train()
+                if ema is not None:
+                    ema.restore(params)
+    accelerator.wait_for_everyone()
+
+
+def config_from_run(run_dir: Path):
+    """The resolved config a run saved (for generation and evaluation)."""
+    from src.config import load_config
+
+    path = Path(run_dir) / "config.yaml"
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no config.yaml in the run folder")
+    return load_config(path)
+
+
+__all__ = ["train", "run_dir_of", "config_from_run", "OmegaConf"]
