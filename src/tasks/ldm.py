@@ -1,0 +1,133 @@
+"""Baseline stage 1: text-conditioned Stable Diffusion fine-tuning of the UNet ("LDM" in StoryGPT-V's
+tables, teardown §5). VAE and text encoder stay frozen; each frame is one training sample with its
+caption.
+
+Shapes: B batch, C=3 RGB, H×W frame, c latent channels, h×w latent size, L=77 tokens, D text width.
+  pixel_values [B,3,H,W] in [-1,1] -> latents [B,c,h,w] -> noisy_latents [B,c,h,w]
+  captions (B strings) -> encoder_hidden_states [B,L,D]
+  model_pred, target [B,c,h,w]
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
+from transformers import CLIPTextModel, CLIPTokenizer
+
+from src.data.datasets import FrameDataset, collate_frames
+from src.pipelines.story_sampler import build_sd_pipeline, generate_stories
+from src.data.stories import read_split
+from src.tasks.base import Task
+
+
+@dataclass
+class LDMModelConfig:
+    pretrained: str = "pretrained/stable-diffusion-v1-5"   # a diffusers Stable Diffusion folder
+    caption_dropout: float = 0.1          # empty caption with this probability (classifier-free guidance)
+    noise_offset: float = 0.0             # offset noise (0 disables)
+    snr_gamma: float = 0.0                # Min-SNR-gamma loss weighting (Hang et al. 2023); 0 disables
+    gradient_checkpointing: bool = False
+
+
+def load_sd_components(path: str) -> dict:
+    """The Stable Diffusion parts a training task needs, from a diffusers pipeline folder."""
+    return {
+        "unet": UNet2DConditionModel.from_pretrained(path, subfolder="unet"),
+        "vae": AutoencoderKL.from_pretrained(path, subfolder="vae"),
+        "text_encoder": CLIPTextModel.from_pretrained(path, subfolder="text_encoder"),
+        "tokenizer": CLIPTokenizer.from_pretrained(path, subfolder="tokenizer"),
+        "noise_scheduler": DDPMScheduler.from_pretrained(path, subfolder="scheduler"),
+    }
+
+
+class LDMTask(Task):
+    ModelConfig = LDMModelConfig
+
+    def __init__(self, cfg, components: Optional[dict] = None):
+        """`components` (benchmarks) replaces loading from `model.pretrained`."""
+        super().__init__(cfg)
+        parts = components or load_sd_components(cfg.model.pretrained)
+        self.unet, self.vae, self.text_encoder = parts["unet"], parts["vae"], parts["text_encoder"]
+        self.tokenizer, self.noise_scheduler = parts["tokenizer"], parts["noise_scheduler"]
+        self.vae.requires_grad_(False)
+        self.text_encoder.requires_grad_(False)
+        if cfg.model.gradient_checkpointing:
+            self.unet.enable_gradient_checkpointing()
+
+    # ---- data -------------------------------------------------------------------------------------
+    def train_dataset(self):
+        return FrameDataset(self.cfg.data.root, "train", self.cfg.data.image_size,
+                            caption_field=self.cfg.data.caption_field)
+
+    def collate(self, items):
+        return collate_frames(items)
+
+    # ---- training ---------------------------------------------------------------------------------
+    def encode_text(self, captions: list[str]) -> torch.Tensor:
+        ids = self.tokenizer(captions, padding="max_length", max_length=self.tokenizer.model_max_length,
+                             truncation=True, return_tensors="pt").input_ids
+        return self.text_encoder(ids.to(self.text_encoder.device))[0]
+
+    def training_step(self, batch):
+        pixel_values = batch["pixel_values"]
+        with torch.no_grad():
+            latents = self.vae.encode(pixel_values.to(self.vae.dtype)).latent_dist.sample()
+            latents = latents * self.vae.config.scaling_factor
+            drop = torch.rand(len(batch["caption"])) < self.cfg.model.caption_dropout
+            captions = ["" if d else c for c, d in zip(batch["caption"], drop.tolist())]
+            encoder_hidden_states = self.encode_text(captions)
+
+        noise = torch.randn_like(latents)
+        if self.cfg.model.noise_offset:
+            noise += self.cfg.model.noise_offset * torch.randn(latents.shape[0], latents.shape[1], 1, 1,
+                                                               device=latents.device)
+        timesteps = torch.randint(0, self.noise_scheduler.config.num_train_timesteps, (latents.shape[0],),
+                                  device=latents.device)
+        noisy_latents = self.noise_scheduler.add_noise(latents, noise, timesteps)
+        model_pred = self.unet(noisy_latents, timesteps, encoder_hidden_states).sample
+        target = self.diffusion_target(latents, noise, timesteps)
+        loss = self.diffusion_loss(model_pred, target, timesteps)
+        return {"loss": loss}
+
+    def diffusion_target(self, latents, noise, timesteps):
+        kind = self.noise_scheduler.config.prediction_type
+        if kind == "epsilon":
+            return noise
+        if kind == "v_prediction":
+            return self.noise_scheduler.get_velocity(latents, noise, timesteps)
+        raise ValueError(f"{self.cfg.model.pretrained}/scheduler: prediction_type '{kind}' is not supported")
+
+    def diffusion_loss(self, model_pred, target, timesteps):
+        if not self.cfg.model.snr_gamma:
+            return F.mse_loss(model_pred.float(), target.float())
+        # Min-SNR weighting: w = min(SNR, gamma) / SNR (for v-prediction / (SNR + 1)).
+        alphas = self.noise_scheduler.alphas_cumprod.to(timesteps.device)[timesteps]
+        snr = alphas / (1 - alphas)
+        weight = torch.clamp(snr, max=self.cfg.model.snr_gamma) / snr
+        if self.noise_scheduler.config.prediction_type == "v_prediction":
+            weight = weight * snr / (snr + 1)
+        per_sample = F.mse_loss(model_pred.float(), target.float(), reduction="none").mean(dim=(1, 2, 3))
+        return (per_sample * weight).mean()
+
+    # ---- sampling ---------------------------------------------------------------------------------
+    def pipeline(self):
+        return build_sd_pipeline(self.unet, self.vae, self.text_encoder, self.tokenizer,
+                                 self.cfg.model.pretrained, self.cfg.sample.scheduler)
+
+    @torch.no_grad()
+    def sample(self, out_dir: Path, split: str, num_stories: Optional[int] = None, seed: Optional[int] = None,
+               extra_meta: Optional[dict] = None) -> Path:
+        stories = read_split(self.cfg.data.root, split)[1]
+        if num_stories:
+            stories = stories[:num_stories]
+        s = self.cfg.sample
+        return generate_stories(
+            self.pipeline(), stories, out_dir, caption_field=self.cfg.data.caption_field,
+            seed=s.seed if seed is None else seed, num_inference_steps=s.num_inference_steps,
+            guidance_scale=s.guidance_scale, batch_size=s.batch_size, image_size=self.cfg.data.image_size,
+            meta={"dataset_root": str(self.cfg.data.root), "split": split, "scheduler": s.scheduler,
+                  **(extra_meta or {})})

@@ -1,0 +1,38 @@
+"""Shared fixtures: a small toy dataset and a tiny pretrained stack, built once per test session with the
+same generators the framework uses (src.data.toy, src.tools.tiny_stack)."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="session")
+def toy_root(tmp_path_factory) -> Path:
+    from src.data.toy import generate_toy_dataset
+
+    return generate_toy_dataset(tmp_path_factory.mktemp("data") / "toy", seed=0, num_train=48, num_val=8,
+                                num_test=8)
+
+
+@pytest.fixture(scope="session")
+def tiny_root(tmp_path_factory, toy_root) -> Path:
+    from src.tools.tiny_stack import build_tiny_stack
+
+    return build_tiny_stack(tmp_path_factory.mktemp("pretrained") / "tiny", toy_root, vae_steps=60)
+
+
+@pytest.fixture
+def ldm_overrides(toy_root, tiny_root, tmp_path) -> list[str]:
+    """Overrides that point the toy LDM recipe at the session's small dataset and tiny stack."""
+    return [f"data.root={toy_root}", f"tiny_stack={tiny_root}",
+            f"model.pretrained={tiny_root}/stable-diffusion-v1-5", f"output_root={tmp_path}/outputs",
+            "logging.tensorboard=false", "train.batch_size=8", "train.log_every=1", "train.checkpoint_every=5",
+            "sample.num_stories=1", "sample.num_inference_steps=2", "data.num_workers=0"]
