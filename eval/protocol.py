@@ -1,0 +1,134 @@
+"""Evaluation protocols: YAML files under configs/eval/ with a `base:` chain and key=value overrides.
+
+The keys of configs/eval/base.yaml are the schema: a protocol or override naming any other key is an
+error naming that key and the file (or the override) it came from.
+"""
+import copy
+from pathlib import Path
+
+import yaml
+
+from eval.stories_io import EvalInputError
+
+KNOWN_METRICS = ("fid", "classifier", "clip", "caption", "judge")
+
+
+def _read_yaml(path):
+    path = Path(path)
+    if not path.is_file():
+        raise EvalInputError(f"protocol {path}: file not found")
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError as err:
+        raise EvalInputError(f"protocol {path}: not valid YAML ({err})") from None
+    if not isinstance(data, dict):
+        raise EvalInputError(f"protocol {path}: top level must be a mapping")
+    return data
+
+
+def _merge(schema, base, update, where, prefix=""):
+    """A copy of base with update merged in; every key of update must exist in schema."""
+    merged = copy.deepcopy(base)
+    for key, value in update.items():
+        name = f"{prefix}{key}"
+        if key not in schema:
+            raise EvalInputError(f"{where}: unknown key '{name}' (known: {', '.join(sorted(schema))})")
+        if isinstance(schema[key], dict):
+            if not isinstance(value, dict):
+                raise EvalInputError(f"{where}: key '{name}' must be a mapping")
+            merged[key] = _merge(schema[key], merged.get(key, {}), value, where, prefix=f"{name}.")
+        else:
+            merged[key] = _typed(schema[key], value, name, where)
+    return merged
+
+
+def _typed(default, value, name, where):
+    """value checked against the type of base.yaml's default (null defaults accept anything)."""
+    if value is None or default is None:
+        return value
+    if isinstance(default, bool):
+        if not isinstance(value, bool):
+            raise EvalInputError(f"{where}: key '{name}' must be true or false, not {value!r}")
+        return value
+    if isinstance(default, (int, float)):
+        try:  # YAML 1.1 reads 3e-3 (no dot) as a string
+            number = float(value) if not isinstance(value, bool) else None
+        except (TypeError, ValueError):
+            number = None
+        if number is None or (isinstance(default, int) and number != int(number)):
+            kind = "an integer" if isinstance(default, int) else "a number"
+            raise EvalInputError(f"{where}: key '{name}' must be {kind}, not {value!r}")
+        return int(number) if isinstance(default, int) else number
+    if isinstance(default, list) and not isinstance(value, list):
+        raise EvalInputError(f"{where}: key '{name}' must be a list, not {value!r}")
+    return value
+
+
+def _chain(path):
+    """[base-most file, ..., path] following `base:` keys (relative to the file naming them)."""
+    chain, seen = [], set()
+    path = Path(path)
+    while True:
+        resolved = path.resolve()
+        if resolved in seen:
+            raise EvalInputError(f"protocol {path}: `base:` chain loops back to this file")
+        seen.add(resolved)
+        data = _read_yaml(path)
+        chain.append((path, data))
+        if not data.get("base"):
+            return list(reversed(chain))
+        path = path.parent / data["base"]
+
+
+def _parse_override(text):
+    if "=" not in text:
+        raise EvalInputError(f"override {text!r}: expected key=value (e.g. fid.resize_to=64)")
+    dotted, raw = text.split("=", 1)
+    value = yaml.safe_load(raw) if raw else None
+    update = {}
+    node = update
+    parts = dotted.split(".")
+    for part in parts[:-1]:
+        node = node.setdefault(part, {})
+    node[parts[-1]] = value
+    return update
+
+
+def load_protocol(path, overrides=()):
+    """The protocol at path with its base chain and overrides applied, validated against base.yaml."""
+    chain = _chain(path)
+    _, root = chain[0]
+    schema = {key: value for key, value in root.items() if key != "base"}
+    protocol = {}
+    for file_path, data in chain:
+        data = {key: value for key, value in data.items() if key != "base"}
+        protocol = _merge(schema, protocol, data, f"protocol {file_path}")
+    for text in overrides:
+        protocol = _merge(schema, protocol, _parse_override(text), f"override {text!r}")
+    _validate(protocol, path)
+    protocol["protocol_file"] = str(path)
+    return protocol
+
+
+def _validate(protocol, path):
+    if not protocol.get("dataset"):
+        raise EvalInputError(f"protocol {path}: key 'dataset' is not set (the dataset folder to score against)")
+    for name in protocol["metrics"]:
+        if name not in KNOWN_METRICS:
+            raise EvalInputError(f"protocol {path}: key 'metrics': unknown metric {name!r} "
+                                 f"(known: {', '.join(KNOWN_METRICS)})")
+    if protocol["fid"]["features"] not in ("inception", "classifier"):
+        raise EvalInputError(f"protocol {path}: key 'fid.features' must be inception or classifier, "
+                             f"not {protocol['fid']['features']!r}")
+    if protocol["classifier"]["arch"] not in ("inception_v3", "small_cnn"):
+        raise EvalInputError(f"protocol {path}: key 'classifier.arch' must be inception_v3 or small_cnn, "
+                             f"not {protocol['classifier']['arch']!r}")
+    if protocol["device"] not in ("auto", "cpu", "cuda"):
+        raise EvalInputError(f"protocol {path}: key 'device' must be auto, cpu or cuda")
+
+
+def resolve_device(name):
+    import torch
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)

@@ -1,0 +1,142 @@
+"""Score a samples folder against its dataset split under a protocol; write metrics.json + report.html.
+
+    python -m eval.run --samples DIR --protocol configs/eval/toy.yaml [--out DIR] [--compare DIR] [key=value ...]
+
+Generated frame k of story s is compared with ground-truth frame k of story s (same id): the real
+set is fixed by the data, never drawn at random. Torch is seeded from the protocol before every
+metric, so two runs on the same machine write identical numbers.
+"""
+import argparse
+import json
+from pathlib import Path
+
+import torch
+
+from eval import scoring
+from eval.classifier import frame_labels
+from eval.images import LazyFrames
+from eval.judge import JudgeClient, judge_pairwise, judge_scores
+from eval.protocol import load_protocol, resolve_device
+from eval.report import write_report
+from eval.stories_io import EvalInputError, pair_with_ground_truth, read_meta, read_samples, read_split
+from eval.train_classifier import ensure_classifier
+
+
+def _story_means(pairs, per_frame):
+    """{story id: {metric: mean over the story's frames}} from per-frame lists in pair order."""
+    per_story, index = {}, 0
+    for story, _ in pairs:
+        count = len(story["images"])
+        scores = {}
+        for name, values in per_frame.items():
+            chunk = [value for value in values[index:index + count] if value is not None]
+            scores[name] = sum(chunk) / len(chunk) if chunk else None
+        per_story[story["id"]] = scores
+        index += count
+    return per_story
+
+
+def evaluate(samples_dir, protocol, compare_dir=None, log=print):
+    """All of the protocol's metrics for a samples folder, as the dict written to metrics.json."""
+    samples_dir, data_root, split = Path(samples_dir), Path(protocol["dataset"]), protocol["split"]
+    meta = read_meta(data_root)
+    samples = read_samples(samples_dir, meta)
+    pairs = pair_with_ground_truth(samples, read_split(data_root, split), str(data_root / f"{split}.jsonl"))
+    generated = LazyFrames((samples_dir, path) for story, _ in pairs for path in story["images"])
+    real = LazyFrames((data_root, path) for _, truth in pairs for path in truth["images"])
+    captions = [caption for story, _ in pairs for caption in story["captions"]]
+    dataset_captions = [caption for _, truth in pairs for caption in truth["captions"]]
+    device, batch_size, names = resolve_device(protocol["device"]), protocol["batch_size"], protocol["metrics"]
+
+    rows, per_frame, details = {}, {}, {}
+    classifier_out = None
+    needs_classifier = "classifier" in names or ("fid" in names and protocol["fid"]["features"] == "classifier")
+    if needs_classifier:
+        torch.manual_seed(protocol["seed"])
+        model, config = ensure_classifier(protocol, device, log=log)
+        classifier_out = [scoring.classifier_outputs(model, frames, config["input_size"], device, batch_size)
+                          for frames in (generated, real)]
+        details["classifier"] = {"dir": protocol["classifier"]["dir"], "arch": config["arch"],
+                                 "best_epoch": config["best_epoch"], "fingerprint": config["fingerprint"]}
+    if "classifier" in names:
+        where = str(data_root / f"{split}.jsonl")
+        labels = [label for _, truth in pairs for label in frame_labels(truth, meta, where)]
+        new_rows, frames, counts = scoring.score_classifier(*classifier_out, labels, len(config["backgrounds"]))
+        rows.update(new_rows)
+        per_frame.update(frames)
+        details["classifier"].update(counts)
+    if "fid" in names:
+        torch.manual_seed(protocol["seed"])
+        features = (classifier_out[0][0], classifier_out[1][0]) if classifier_out else None
+        rows.update(scoring.score_fid(protocol["fid"], generated, real, device, batch_size, features))
+    if "clip" in names:
+        torch.manual_seed(protocol["seed"])
+        new_rows, frames = scoring.score_clip(protocol["clip"], generated, real, captions, device, batch_size)
+        rows.update(new_rows)
+        per_frame.update(frames)
+    if "caption" in names:
+        torch.manual_seed(protocol["seed"])
+        new_rows, frames, details["captions"] = scoring.score_captions(
+            protocol["caption"], generated, real, dataset_captions, device, batch_size, data_root)
+        rows.update(new_rows)
+        per_frame.update(frames)
+
+    per_story = _story_means(pairs, per_frame)
+    if "judge" in names:
+        client = JudgeClient.from_protocol(protocol["judge"])
+        max_frames = protocol["judge"]["max_frames"]
+        summary, judged = judge_scores(client, samples, samples_dir, max_frames)
+        for aspect, result in summary.items():
+            note = f"{result['missing']} of {result['scored'] + result['missing']} stories missing" if result["missing"] else ""
+            rows[f"Judge {aspect} (1-10)"] = {"value": result["mean"], "note": note}
+            for story_id, scores in judged.items():
+                per_story[story_id][f"judge_{aspect}"] = scores[f"judge_{aspect}"]
+        details["judge"] = {"scores": summary}
+        if compare_dir is not None:
+            others = read_samples(compare_dir, meta)
+            votes = judge_pairwise(client, samples, samples_dir, others, Path(compare_dir), max_frames)
+            for aspect, result in votes.items():
+                rows[f"Judge {aspect}: win / tie / loss vs {Path(compare_dir).name}"] = {
+                    "value": " / ".join("missing" if result[key] is None else f"{100 * result[key]:.1f}%"
+                                        for key in ("win_rate", "tie_rate", "loss_rate")),
+                    "note": f"{result['missing']} answers missing" if result["missing"] else ""}
+            details["judge"]["pairwise"] = {"compared_with": str(compare_dir), "votes": votes}
+        details["judge"]["failed_attempts"] = len(client.failures)
+
+    generation_file = samples_dir / "generation.json"
+    return {
+        "samples": str(samples_dir), "dataset": str(data_root), "split": split,
+        "stories": len(pairs), "frames": len(generated), "protocol": protocol,
+        "generation": json.loads(generation_file.read_text(encoding="utf-8")) if generation_file.is_file() else None,
+        "metrics": rows, "details": details, "per_story": per_story,
+    }
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description="Score generated stories under an evaluation protocol.")
+    parser.add_argument("--samples", required=True, help="samples folder (stories.jsonl + <id>/<k>.png)")
+    parser.add_argument("--protocol", required=True, help="configs/eval/<dataset>.yaml")
+    parser.add_argument("--out", default=None, help="folder for metrics.json and report.html (default: --samples)")
+    parser.add_argument("--compare", default=None, help="second samples folder for the pairwise judge")
+    parser.add_argument("overrides", nargs="*", help="key=value protocol overrides, e.g. fid.resize_to=64")
+    args = parser.parse_args(argv)
+    out_dir = Path(args.out or args.samples)
+    try:
+        protocol = load_protocol(args.protocol, args.overrides)
+        results = evaluate(args.samples, protocol, compare_dir=args.compare,
+                           log=lambda message: print(message, flush=True))
+        out_dir.mkdir(parents=True, exist_ok=True)
+        metrics_path = out_dir / "metrics.json"
+        metrics_path.write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
+        report_path = write_report(args.samples, out_dir / "report.html", data_root=protocol["dataset"],
+                                   split=protocol["split"], metrics=results["metrics"],
+                                   per_story=results["per_story"],
+                                   title=f"StoryViz evaluation: {Path(args.protocol).stem} protocol")
+    except EvalInputError as err:
+        raise SystemExit(f"eval.run: {err}") from None
+    print(f"wrote {metrics_path}")
+    print(f"wrote {report_path}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,32 @@
+#!/usr/bin/env bash
+# Generate the test split of DATASET with a checkpoint, then score it under configs/eval/DATASET.yaml.
+#   bash scripts/eval.sh DATASET CKPT [protocol key=value ...]
+# CKPT: a run folder (its latest checkpoint) or outputs/<stage>/<dataset>/<run>/checkpoints/step_NNNNNN.
+# Writes CKPT/eval/samples_test/ (the samples), CKPT/eval/metrics.json and CKPT/eval/report.html;
+# EVAL_OUT=DIR writes them under DIR instead. Seed 0 throughout: a second run gives the same numbers.
+source "$(dirname "$0")/_env.sh"
+if [ $# -lt 2 ]; then
+  echo "usage: bash scripts/eval.sh DATASET CKPT [protocol key=value ...]" >&2
+  exit 2
+fi
+DATASET=$1
+CKPT=${2%/}
+shift 2
+PROTOCOL=configs/eval/$DATASET.yaml
+if [ ! -f "$PROTOCOL" ]; then
+  echo "scripts/eval.sh: no protocol $PROTOCOL (one of: $(ls configs/eval | grep -v base.yaml | tr '\n' ' '))" >&2
+  exit 2
+fi
+if [ ! -d "$CKPT" ]; then
+  echo "scripts/eval.sh: checkpoint folder $CKPT not found" >&2
+  exit 2
+fi
+OUT=${EVAL_OUT:-$CKPT/eval}
+SAMPLES=$OUT/samples_test
+if [ -f "$SAMPLES/stories.jsonl" ]; then
+  rm -r "$SAMPLES"  # a previous run's samples: regenerated from scratch
+fi
+mkdir -p "$OUT"
+ensure_venv requirements.txt
+python -m src.generate --checkpoint "$CKPT" --split test --out "$SAMPLES" --seed 0
+python -m eval.run --samples "$SAMPLES" --protocol "$PROTOCOL" --out "$OUT" "$@"
