@@ -57,7 +57,7 @@ def test_baseline_loss_falls_well_below_its_start(ldm_overrides):
 
 
 def test_killed_run_resumes_to_the_same_weights_as_an_uninterrupted_run(ldm_overrides):
-    common = ldm_overrides + ["train.max_steps=30", "train.checkpoint_every=4", "train.keep_last=2",
+    common = ldm_overrides + ["train.max_steps=16", "train.checkpoint_every=4", "train.keep_last=2",
                               "train.ema=true", "optim.schedule=cosine", "optim.warmup_steps=3",
                               "model.caption_dropout=0.3"]
     run(train_cmd(common + ["run_name=straight"]))
@@ -72,15 +72,15 @@ def test_killed_run_resumes_to_the_same_weights_as_an_uninterrupted_run(ldm_over
     victim.send_signal(signal.SIGKILL)
     assert victim.wait() == -signal.SIGKILL
     stopped_at = max(int(p.name.split("_")[1]) for p in (killed / "checkpoints").glob("step_*[0-9]"))
-    assert stopped_at < 30
+    assert stopped_at < 16
 
     run(train_cmd(common + ["run_name=killed", "train.resume=latest"]))
-    straight, resumed = final_weights(run_dir(common, "straight"), 30), final_weights(killed, 30)
+    straight, resumed = final_weights(run_dir(common, "straight"), 16), final_weights(killed, 16)
     assert straight.keys() == resumed.keys()
     for name in straight:
         assert torch.equal(straight[name], resumed[name]), f"{name} differs after resume"
-    ema_a = load_file(str(run_dir(common, "straight") / "checkpoints/step_000030/ema.safetensors"))
-    ema_b = load_file(str(killed / "checkpoints/step_000030/ema.safetensors"))
+    ema_a = load_file(str(run_dir(common, "straight") / "checkpoints/step_000016/ema.safetensors"))
+    ema_b = load_file(str(killed / "checkpoints/step_000016/ema.safetensors"))
     assert all(torch.equal(ema_a[n], ema_b[n]) for n in ema_a)
 
 

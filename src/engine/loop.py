@@ -121,8 +121,11 @@ def train(cfg) -> Path:
     dataset = task.train_dataset()
     sampler = StepBatchSampler(len(dataset), cfg.train.batch_size, cfg.train.seed, accelerator.process_index,
                                accelerator.num_processes, start_batch=start_step * cfg.train.grad_accum)
+    # The loader gets its own generator: creating its iterator must not draw from the global RNG, or a
+    # resumed run (which creates it after restoring the RNG) would be one draw off the original run.
     loader = DataLoader(dataset, batch_sampler=sampler, collate_fn=task.collate,
-                        num_workers=cfg.data.num_workers, persistent_workers=cfg.data.num_workers > 0)
+                        num_workers=cfg.data.num_workers, persistent_workers=cfg.data.num_workers > 0,
+                        generator=torch.Generator().manual_seed(cfg.train.seed))
     batches = iter(loader)
     trackers = start_trackers(accelerator, cfg, run_dir)
     trackers.truncate_after(start_step)
