@@ -1,0 +1,196 @@
+"""The tiny stack's AutoencoderKL: SD's VAE type at toy widths, briefly trained on toy frames so that
+its latents carry the picture (DESIGN.md, "The embedded default").
+
+SD 1.5's VAE downsamples by 8; the tiny one by 4, so 64 px frames give 16x16x4 latents. Training is
+the LDM autoencoder recipe without the adversarial and perceptual terms (Rombach et al. 2022, Sec. 3):
+pixel reconstruction plus a small KL term. Afterwards `scaling_factor` is set to 1 / std of the
+latents, which is how SD's 0.18215 was chosen (LDM Sec. 4.3.2, "rescale the latent space").
+
+Shape legend: N frames, B batch, 3 RGB, S frame side, C latent channels, h latent side (S / 4).
+Pixels go in as [B, 3, S, S] in [-1, 1]; latents come out as [B, C, h, h].
+"""
+
+import json
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import List
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from diffusers import AutoencoderKL
+from PIL import Image
+from tqdm.auto import tqdm
+
+from src.tools.tiny_config import TinyStackConfig, VAETrainConfig
+
+
+class TinyStackDataError(ValueError):
+    """Bad or missing training frames: names the file, line and field at fault."""
+
+
+def build_vae(config: TinyStackConfig, seed: int) -> AutoencoderKL:
+    torch.manual_seed(seed)
+    vae = config.vae
+    levels = len(vae.block_out_channels)
+    return AutoencoderKL(
+        in_channels=3,
+        out_channels=3,
+        down_block_types=("DownEncoderBlock2D",) * levels,
+        up_block_types=("UpDecoderBlock2D",) * levels,
+        block_out_channels=tuple(vae.block_out_channels),
+        layers_per_block=vae.layers_per_block,
+        latent_channels=vae.latent_channels,
+        norm_num_groups=vae.norm_num_groups,
+        sample_size=config.frame_size,
+    )
+
+
+def list_split_frames(data_root: Path, split: str) -> List[Path]:
+    """Unique frame paths of `<data_root>/<split>.jsonl` (its `images` field, relative to data_root),
+    in file order. Every problem is an error naming the file, the 1-based line and the field."""
+    data_root = Path(data_root)
+    jsonl = data_root / f"{split}.jsonl"
+    if not jsonl.is_file():
+        raise TinyStackDataError(f"{jsonl}: not found; the tiny stack trains its VAE on the {split} split of the dataset (docs/story_format.md)")
+    frames, seen = [], set()
+    with jsonl.open(encoding="utf-8") as lines:
+        for number, line in enumerate(lines, start=1):
+            if not line.strip():
+                continue
+            try:
+                story = json.loads(line)
+            except json.JSONDecodeError as error:
+                raise TinyStackDataError(f"{jsonl}:{number}: not valid JSON: {error}") from error
+            images = story.get("images") if isinstance(story, dict) else None
+            if not isinstance(images, list) or not images or not all(isinstance(image, str) for image in images):
+                raise TinyStackDataError(f"{jsonl}:{number}: field 'images': expected a non-empty list of paths, got {images!r}")
+            for image in images:
+                path = data_root / image
+                if not path.is_file():
+                    raise TinyStackDataError(f"{jsonl}:{number}: field 'images': file {image!r} not found under {data_root}")
+                if path not in seen:
+                    seen.add(path)
+                    frames.append(path)
+    if not frames:
+        raise TinyStackDataError(f"{jsonl}: no stories; the tiny stack needs {split} frames")
+    return frames
+
+
+def load_frames(paths: List[Path], frame_size: int) -> torch.Tensor:
+    """Frames as uint8 [N, 3, S, S]; a frame of another size is an error naming it (the tiny stack's
+    frame_size must match the dataset's, see configs/pretrained/tiny.yaml)."""
+    frames = []
+    for path in paths:
+        with Image.open(path) as image:
+            if image.size != (frame_size, frame_size):
+                raise TinyStackDataError(
+                    f"{path}: frame is {image.size[0]}x{image.size[1]} px, the tiny stack's frame_size is {frame_size}"
+                )
+            frames.append(np.asarray(image.convert("RGB"), dtype=np.uint8))
+    return torch.from_numpy(np.stack(frames)).permute(0, 3, 1, 2).contiguous()
+
+
+def to_model_range(frames_uint8: torch.Tensor) -> torch.Tensor:
+    return frames_uint8.float() / 127.5 - 1.0
+
+
+@dataclass
+class Reconstruction:
+    mse: float  # mean squared error with pixels in [0, 1]
+    psnr_db: float  # 10 log10(1 / mse)
+    frames: int
+
+
+@torch.no_grad()
+def reconstruction_error(vae: AutoencoderKL, frames_uint8: torch.Tensor, batch_size: int = 32) -> Reconstruction:
+    """Encode (posterior mode) and decode every frame; MSE and PSNR in the [0, 1] pixel range."""
+    vae.eval()
+    squared_error, count = 0.0, 0
+    for start in range(0, len(frames_uint8), batch_size):
+        pixels = to_model_range(frames_uint8[start : start + batch_size])
+        decoded = vae.decode(vae.encode(pixels).latent_dist.mode()).sample
+        # (x - y) / 2 turns the [-1, 1] difference into the [0, 1] pixel difference.
+        squared_error += ((decoded.clamp(-1, 1) - pixels) / 2).pow(2).sum().item()
+        count += pixels.numel()
+    mse = squared_error / count
+    return Reconstruction(mse=mse, psnr_db=10 * math.log10(1.0 / max(mse, 1e-12)), frames=len(frames_uint8))
+
+
+def train_vae(vae: AutoencoderKL, frames_uint8: torch.Tensor, train: VAETrainConfig, steps: int, seed: int) -> float:
+    """Train in place for `steps` AdamW steps on random batches; returns the last batch's loss."""
+    generator = torch.Generator().manual_seed(seed)
+    optimizer = torch.optim.AdamW(vae.parameters(), lr=train.lr, weight_decay=train.weight_decay)
+    # Cosine decay: the last steps refine at a small rate, which matters in a budget of minutes.
+    schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(steps, 1))
+    vae.train()
+    loss_value = float("nan")
+    progress = tqdm(range(steps), desc="tiny VAE", unit="step", disable=steps == 0)
+    for _ in progress:
+        batch = torch.randint(0, len(frames_uint8), (train.batch_size,), generator=generator)
+        pixels = to_model_range(frames_uint8[batch])
+        posterior = vae.encode(pixels).latent_dist
+        latents = posterior.sample(generator=generator)
+        decoded = vae.decode(latents).sample
+        loss = (
+            train.l1_weight * F.l1_loss(decoded, pixels)
+            + train.mse_weight * F.mse_loss(decoded, pixels)
+            + train.kl_weight * posterior.kl().mean()
+        )
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        schedule.step()
+        loss_value = loss.item()
+        progress.set_postfix(loss=f"{loss_value:.4f}", refresh=False)
+    vae.eval()
+    return loss_value
+
+
+@torch.no_grad()
+def latent_std(vae: AutoencoderKL, frames_uint8: torch.Tensor, seed: int, batch_size: int = 32) -> float:
+    """Std of posterior samples, the latents diffusion training sees (before scaling)."""
+    generator = torch.Generator().manual_seed(seed)
+    samples = [
+        vae.encode(to_model_range(frames_uint8[start : start + batch_size])).latent_dist.sample(generator=generator)
+        for start in range(0, len(frames_uint8), batch_size)
+    ]
+    return torch.cat(samples).std().item()
+
+
+def build_trained_vae(config: TinyStackConfig, data_root: Path, seed: int):
+    """Build the VAE, train it on the train split's frames, set scaling_factor, and measure the
+    reconstruction on held-out val frames. Returns (vae, report dict for reconstruction.json)."""
+    train, steps = config.vae.train, config.vae.train.steps
+    train_frames = load_frames(list_split_frames(data_root, "train"), config.frame_size)
+    val_paths = list_split_frames(data_root, "val")
+    val_frames = load_frames(val_paths[: train.max_eval_frames], config.frame_size)
+
+    vae = build_vae(config, seed)
+    untrained = reconstruction_error(vae, val_frames)
+    started = time.perf_counter()
+    final_loss = train_vae(vae, train_frames, train, steps, seed)
+    train_seconds = time.perf_counter() - started
+    trained = reconstruction_error(vae, val_frames)
+
+    std = latent_std(vae, train_frames[: train.max_eval_frames], seed)
+    vae.register_to_config(scaling_factor=1.0 / std)
+    report = {
+        "split": "val",
+        "frames": trained.frames,
+        "pixel_range": "[0, 1]",
+        "mse": trained.mse,
+        "psnr_db": trained.psnr_db,
+        "untrained_mse": untrained.mse,
+        "untrained_psnr_db": untrained.psnr_db,
+        "train_frames": len(train_frames),
+        "steps": steps,
+        "batch_size": train.batch_size,
+        "final_train_loss": final_loss,
+        "train_seconds": round(train_seconds, 2),
+        "latent_std": std,
+        "scaling_factor": 1.0 / std,
+    }
+    return vae, report
