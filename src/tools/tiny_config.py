@@ -44,6 +44,10 @@ class VAETrainConfig:
     # Small, as in the LDM autoencoders (Rombach et al. 2022, Sec. 3): latents stay close to a
     # Gaussian without blurring the reconstruction.
     kl_weight: float = 1.0e-6
+    # Extra weight on the pixels of characters (from the dataset's masks, when it has them): in a plain
+    # pixel loss the small sprites lose to the background and come back blurred or not at all, yet they
+    # are what the diffusion model must draw. 5 keeps every toy character's shape and colour.
+    character_weight: float = 5.0
     # Frames used to measure the latent std (scaling_factor) and the reconstruction error.
     max_eval_frames: int = 256
 

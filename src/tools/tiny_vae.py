@@ -79,6 +79,26 @@ def list_split_frames(data_root: Path, split: str) -> List[Path]:
     return frames
 
 
+def load_character_masks(data_root: Path, split: str, frames: List[Path], frame_size: int):
+    """Character pixels (1) vs background (0) as uint8 [N, 1, S, S], aligned with `frames`, from the
+    split's `masks` label maps (docs/story_format.md); None when the split has no masks."""
+    data_root = Path(data_root)
+    mask_of = {}
+    with (data_root / f"{split}.jsonl").open(encoding="utf-8") as lines:
+        for line in lines:
+            story = json.loads(line) if line.strip() else {}
+            for image, mask in zip(story.get("images") or [], story.get("masks") or []):
+                mask_of[data_root / image] = mask
+    if not any(mask_of.get(path) for path in frames):
+        return None
+    masks = np.zeros((len(frames), 1, frame_size, frame_size), dtype=np.uint8)
+    for i, path in enumerate(frames):
+        if mask_of.get(path):
+            with Image.open(data_root / mask_of[path]) as image:
+                masks[i, 0] = np.asarray(image) > 0
+    return torch.from_numpy(masks)
+
+
 def load_frames(paths: List[Path], frame_size: int) -> torch.Tensor:
     """Frames as uint8 [N, 3, S, S]; a frame of another size is an error naming it (the tiny stack's
     frame_size must match the dataset's, see configs/pretrained/tiny.yaml)."""
@@ -119,8 +139,10 @@ def reconstruction_error(vae: AutoencoderKL, frames_uint8: torch.Tensor, batch_s
     return Reconstruction(mse=mse, psnr_db=10 * math.log10(1.0 / max(mse, 1e-12)), frames=len(frames_uint8))
 
 
-def train_vae(vae: AutoencoderKL, frames_uint8: torch.Tensor, train: VAETrainConfig, steps: int, seed: int) -> float:
-    """Train in place for `steps` AdamW steps on random batches; returns the last batch's loss."""
+def train_vae(vae: AutoencoderKL, frames_uint8: torch.Tensor, train: VAETrainConfig, steps: int, seed: int,
+              masks: torch.Tensor = None) -> float:
+    """Train in place for `steps` AdamW steps on random batches; returns the last batch's loss.
+    `masks` ([N, 1, S, S], 1 on characters) up-weights character pixels by `train.character_weight`."""
     generator = torch.Generator().manual_seed(seed)
     optimizer = torch.optim.AdamW(vae.parameters(), lr=train.lr, weight_decay=train.weight_decay)
     # Cosine decay: the last steps refine at a small rate, which matters in a budget of minutes.
@@ -134,9 +156,10 @@ def train_vae(vae: AutoencoderKL, frames_uint8: torch.Tensor, train: VAETrainCon
         posterior = vae.encode(pixels).latent_dist
         latents = posterior.sample(generator=generator)
         decoded = vae.decode(latents).sample
+        weight = 1.0 if masks is None else 1.0 + train.character_weight * masks[batch].float()
+        error = decoded - pixels
         loss = (
-            train.l1_weight * F.l1_loss(decoded, pixels)
-            + train.mse_weight * F.mse_loss(decoded, pixels)
+            (weight * (train.l1_weight * error.abs() + train.mse_weight * error.pow(2))).mean()
             + train.kl_weight * posterior.kl().mean()
         )
         optimizer.zero_grad(set_to_none=True)
@@ -164,14 +187,16 @@ def build_trained_vae(config: TinyStackConfig, data_root: Path, seed: int):
     """Build the VAE, train it on the train split's frames, set scaling_factor, and measure the
     reconstruction on held-out val frames. Returns (vae, report dict for reconstruction.json)."""
     train, steps = config.vae.train, config.vae.train.steps
-    train_frames = load_frames(list_split_frames(data_root, "train"), config.frame_size)
+    train_paths = list_split_frames(data_root, "train")
+    train_frames = load_frames(train_paths, config.frame_size)
+    train_masks = load_character_masks(data_root, "train", train_paths, config.frame_size)
     val_paths = list_split_frames(data_root, "val")
     val_frames = load_frames(val_paths[: train.max_eval_frames], config.frame_size)
 
     vae = build_vae(config, seed)
     untrained = reconstruction_error(vae, val_frames)
     started = time.perf_counter()
-    final_loss = train_vae(vae, train_frames, train, steps, seed)
+    final_loss = train_vae(vae, train_frames, train, steps, seed, masks=train_masks)
     train_seconds = time.perf_counter() - started
     trained = reconstruction_error(vae, val_frames)
 
@@ -189,6 +214,7 @@ def build_trained_vae(config: TinyStackConfig, data_root: Path, seed: int):
         "steps": steps,
         "batch_size": train.batch_size,
         "final_train_loss": final_loss,
+        "character_weight": train.character_weight if train_masks is not None else 0.0,
         "train_seconds": round(train_seconds, 2),
         "latent_std": std,
         "scaling_factor": 1.0 / std,
