@@ -171,15 +171,25 @@ def _layers(path: Path, seen: tuple = ()) -> list[tuple[str, dict]]:
 
 
 def _parse_overrides(overrides: list[str]) -> list[tuple[str, dict]]:
+    """`a.b=value` -> {"a": {"b": value}}. Scalars stay strings and the schema converts them to the
+    field's type, so `train.mixed_precision=no` stays "no" (YAML would read it as false); lists and
+    mappings (`optim.betas=[0.9,0.99]`) are read as YAML, and null/~ is None."""
     layers = []
     for item in overrides:
-        if "=" not in item or item.startswith("="):
+        key, sep, raw = item.partition("=")
+        if not sep or not key or any(not part for part in key.split(".")):
             raise ConfigError(f"override '{item}': expected key=value (e.g. train.max_steps=100)")
-        try:
-            values = OmegaConf.to_container(OmegaConf.from_dotlist([item]))
-        except OmegaConfBaseException as err:
-            raise ConfigError(f"override '{item}': {err.msg if hasattr(err, 'msg') else err}") from None
-        layers.append((f"command-line override '{item}'", values))
+        value: Any = raw
+        if raw.strip()[:1] in ("[", "{"):
+            try:
+                value = yaml.safe_load(raw)
+            except yaml.YAMLError as err:
+                raise ConfigError(f"override '{item}': not a valid YAML list or mapping: {err}") from None
+        elif raw.strip() in ("null", "~"):
+            value = None
+        for part in reversed(key.split(".")):
+            value = {part: value}
+        layers.append((f"command-line override '{item}'", value))
     return layers
 
 
