@@ -187,6 +187,8 @@ def _parse_overrides(overrides: list[str]) -> list[tuple[str, dict]]:
                 raise ConfigError(f"override '{item}': not a valid YAML list or mapping: {err}") from None
         elif raw.strip() in ("null", "~"):
             value = None
+        elif len(raw) >= 2 and raw[0] == raw[-1] and raw[0] in "'\"":
+            value = raw[1:-1]  # a quoted string: `run_name='my run'`
         for part in reversed(key.split(".")):
             value = {part: value}
         layers.append((f"command-line override '{item}'", value))

@@ -105,7 +105,8 @@ def test_shipped_ldm_recipes_validate(name):
 def test_overrides_take_the_schema_type(tmp_path):
     cfg = load_config(recipe(tmp_path), ["train.mixed_precision=no", "train.max_steps=7", "optim.lr=2e-3",
                                          "train.ema=true", "optim.betas=[0.8,0.9]", "tiny_stack=null",
-                                         "run_name=007"])
+                                         "run_name=007", "stage='null'"])
     assert cfg.train.mixed_precision == "no"   # not YAML's false
     assert cfg.train.max_steps == 7 and cfg.optim.lr == 2e-3 and cfg.train.ema is True
     assert list(cfg.optim.betas) == [0.8, 0.9] and cfg.tiny_stack is None and cfg.run_name == "007"
+    assert cfg.stage == "null"  # quotes keep a string a string
