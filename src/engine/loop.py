@@ -72,7 +72,7 @@ def make_accelerator(cfg, run_dir: Path) -> Accelerator:
         cpu=not torch.cuda.is_available(),
         mixed_precision=cfg.train.mixed_precision,
         gradient_accumulation_steps=cfg.train.grad_accum,
-        log_with=tracker_backends(cfg),
+        log_with=tracker_backends(cfg) or None,
         project_config=ProjectConfiguration(project_dir=str(run_dir), logging_dir=str(run_dir / "logs")),
     )
     plugin = getattr(accelerator.state, "deepspeed_plugin", None)
