@@ -23,7 +23,11 @@ def main(argv=None) -> int:
         return 2
     from src.engine.loop import train  # after validation: a bad config fails before torch is imported
 
-    run_dir = train(cfg)
+    try:
+        run_dir = train(cfg)
+    except (FileExistsError, FileNotFoundError) as err:  # a run folder in use, missing data or weights
+        print(f"error: {err}", file=sys.stderr)
+        return 2
     print(f"run folder: {run_dir}")
     return 0
 
