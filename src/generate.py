@@ -50,8 +50,7 @@ def main(argv=None) -> int:
     from src.tools.assets import ensure_assets
 
     ensure_assets(cfg)
-    ckpt = resolve_checkpoint(str(args.checkpoint) if args.checkpoint.resolve() != run_dir else "latest",
-                              run_dir / "checkpoints")
+    ckpt = resolve_checkpoint(str(args.checkpoint), run_dir / "checkpoints")  # a run folder -> its latest
     use_ema = args.weights == "ema" or (args.weights == "auto" and (ckpt / "ema.safetensors").is_file())
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     task = build_task(cfg)

@@ -105,7 +105,7 @@ def save_checkpoint(root: Path, step: int, task, optimizer, scheduler, ema, acce
     if _uses_deepspeed(accelerator):
         model.save_checkpoint(str(tmp / "deepspeed"), tag="state")
     if accelerator.is_main_process:
-        names = list(task.trainable_state_dict())
+        names = list(weights)
         save_file({k: v.contiguous().cpu() for k, v in weights.items()}, tmp / "trainable.safetensors")
         ema_counters = None
         if ema is not None:

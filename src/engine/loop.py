@@ -12,10 +12,9 @@ from pathlib import Path
 
 import torch
 from accelerate import Accelerator
-from accelerate.utils import ProjectConfiguration
+from accelerate.utils import ProjectConfiguration, set_seed
 from diffusers.optimization import get_scheduler
 from diffusers.training_utils import EMAModel
-from omegaconf import OmegaConf
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
@@ -42,16 +41,6 @@ def _check_run_folder(run_dir: Path, cfg) -> None:
 
 def _to_device(batch: dict, device) -> dict:
     return {k: v.to(device, non_blocking=True) if torch.is_tensor(v) else v for k, v in batch.items()}
-
-
-def _seed_everything(seed: int) -> None:
-    import random
-
-    import numpy as np
-
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
 
 
 def micro_step(accelerator, model, optimizer, params, batch: dict, grad_clip: float) -> dict:
@@ -96,7 +85,7 @@ def train(cfg) -> Path:
     with accelerator.main_process_first():
         ensure_assets(cfg)
 
-    _seed_everything(cfg.train.seed)  # identical initial weights on every process
+    set_seed(cfg.train.seed)  # identical initial weights on every process
     task = build_task(cfg)
     params = [p for p in task.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=cfg.optim.lr, betas=tuple(cfg.optim.betas), eps=cfg.optim.eps,
@@ -116,7 +105,7 @@ def train(cfg) -> Path:
         start_step = ckpt.load_checkpoint(path, task, optimizer, scheduler, ema, accelerator, model)
         accelerator.print(f"resumed from {path} at step {start_step}")
     else:
-        _seed_everything(cfg.train.seed * 1000 + accelerator.process_index + 1)  # per-process noise
+        set_seed(cfg.train.seed * 1000 + accelerator.process_index + 1)  # per-process noise
 
     dataset = task.train_dataset()
     sampler = StepBatchSampler(len(dataset), cfg.train.batch_size, cfg.train.seed, accelerator.process_index,
@@ -189,16 +178,3 @@ def _sample(task, ema, params, accelerator, out_dir: Path, cfg) -> None:
                 if ema is not None:
                     ema.restore(params)
     accelerator.wait_for_everyone()
-
-
-def config_from_run(run_dir: Path):
-    """The resolved config a run saved (for generation and evaluation)."""
-    from src.config import load_config
-
-    path = Path(run_dir) / "config.yaml"
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: no config.yaml in the run folder")
-    return load_config(path)
-
-
-__all__ = ["train", "run_dir_of", "config_from_run", "OmegaConf"]
