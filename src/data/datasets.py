@@ -13,6 +13,7 @@ import torch
 from torch.utils.data import Dataset
 
 from src.data.stories import Story, StoryFormatError, read_split, resolve
+from src.data.references import crop_reference
 from src.data.transforms import load_frame, load_mask
 
 CAPTION_FIELDS = ("captions", "captions_coref")
@@ -158,6 +159,27 @@ class StoryDataset(_SplitDataset):
         if self.data.with_masks:
             item["char_masks"] = torch.stack([f["char_masks"] for f in frames])
             item["num_chars"] = torch.tensor([f["num_chars"] for f in frames], dtype=torch.long)
+        return item
+
+
+class CharacterFrameDataset(FrameDataset):
+    """FrameDataset with masks, plus each character's reference cut from the frame itself (Char-LDM
+    training, src/data/references.py). Extra keys: ref_pixels [M,3,R,R] in [0,1] and ref_masks
+    [M,1,R,R] (zeros for empty slots); R = `reference_size`, the image encoder's input."""
+
+    def __init__(self, root, split: str, image_size, reference_size: int, caption_field: str = "captions",
+                 max_chars: int | None = None):
+        super().__init__(root, split, image_size, caption_field, with_masks=True, max_chars=max_chars)
+        self.reference_size = reference_size
+
+    def __getitem__(self, i: int) -> dict:
+        item = super().__getitem__(i)
+        size = self.reference_size
+        item["ref_pixels"] = torch.zeros(self.max_chars, 3, size, size)
+        item["ref_masks"] = torch.zeros(self.max_chars, 1, size, size)
+        for j in range(item["num_chars"]):
+            item["ref_pixels"][j], item["ref_masks"][j] = crop_reference(item["pixel_values"],
+                                                                         item["char_masks"][j], size)
         return item
 
 

@@ -35,12 +35,13 @@ def _open(path) -> Image.Image:
 
 
 def load_frame(path, size) -> torch.Tensor:
-    """RGB frame as FloatTensor [3, H, W] in [-1, 1]; `size` is an int or (height, width).
+    """RGB frame as FloatTensor [3, H, W] in [-1, 1]; `size` is an int, (height, width), or None for
+    the stored size.
 
     A frame stored at another size is resized with PIL's bicubic filter, which is antialiased when it
     shrinks (no aliasing on the 512 -> 64 px downscale of real datasets)."""
-    height, width = _size_hw(size)
     image = _open(path).convert("RGB")
+    height, width = (image.height, image.width) if size is None else _size_hw(size)
     if image.size != (width, height):
         image = image.resize((width, height), Image.Resampling.BICUBIC)
     array = np.asarray(image, dtype=np.float32)

@@ -1,0 +1,52 @@
+"""The character encoder: a CLIP vision tower whose pooled, projected CLS token is one embedding per
+character reference image (StoryGPT-V §3.1; teardown §1: CLIP ViT-L/14 at 224 px, last 2 layers train).
+
+Shapes: N reference images, R the tower's input size, P its projection width.
+  pixel_values [N,3,R,R] in [0,1] (already padded to square and resized) -> embeds [N,P]
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+from transformers import CLIPVisionModelWithProjection
+from transformers.utils import logging as hf_logging
+
+CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
+CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+
+
+class CharacterImageEncoder(nn.Module):
+    def __init__(self, vision_model: nn.Module, visual_projection: nn.Module, image_size: int,
+                 trainable_layers: int, mean=CLIP_MEAN, std=CLIP_STD):
+        super().__init__()
+        self.vision_model = vision_model
+        self.visual_projection = visual_projection
+        self.image_size = image_size
+        self.register_buffer("mean", torch.tensor(mean).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(std).view(1, 3, 1, 1), persistent=False)
+        layers = self.vision_model.encoder.layers
+        if not 0 <= trainable_layers <= len(layers):
+            raise ValueError(f"image_encoder_trainable_layers={trainable_layers}, but the tower has {len(layers)} layers")
+        self.requires_grad_(False)
+        for layer in layers[len(layers) - trainable_layers:]:
+            layer.requires_grad_(True)
+
+    @classmethod
+    def from_pretrained(cls, path: str, trainable_layers: int) -> "CharacterImageEncoder":
+        """From a CLIPModel or CLIPVisionModelWithProjection folder (the text tower, if any, is unused)."""
+        verbosity = hf_logging.get_verbosity()
+        hf_logging.set_verbosity_error()  # a CLIPModel folder's text weights are expected to be left out
+        try:
+            tower = CLIPVisionModelWithProjection.from_pretrained(path)
+        finally:
+            hf_logging.set_verbosity(verbosity)
+        return cls(tower.vision_model, tower.visual_projection, tower.config.image_size, trainable_layers)
+
+    @property
+    def embed_dim(self) -> int:
+        return self.visual_projection.out_features
+
+    def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        pixel_values = (pixel_values - self.mean) / self.std
+        pooled = self.vision_model(pixel_values=pixel_values.to(self.visual_projection.weight.dtype)).pooler_output
+        return self.visual_projection(pooled)
