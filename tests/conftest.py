@@ -30,9 +30,16 @@ def tiny_root(tmp_path_factory, toy_root) -> Path:
 
 
 @pytest.fixture
-def ldm_overrides(toy_root, tiny_root, tmp_path) -> list[str]:
-    """Overrides that point the toy LDM recipe at the session's small dataset and tiny stack."""
+def char_ldm_overrides(toy_root, tiny_root, tmp_path) -> list[str]:
+    """Overrides that point the toy recipe (Char-LDM) at the session's small dataset and tiny stack."""
     return [f"data.root={toy_root}", f"tiny_stack={tiny_root}",
-            f"model.pretrained={tiny_root}/stable-diffusion-v1-5", f"output_root={tmp_path}/outputs",
-            "logging.tensorboard=false", "train.batch_size=8", "train.log_every=1", "train.checkpoint_every=5",
-            "sample.num_stories=1", "sample.num_inference_steps=2", "data.num_workers=0"]
+            f"model.pretrained={tiny_root}/stable-diffusion-v1-5", f"model.image_encoder={tiny_root}/clip",
+            f"output_root={tmp_path}/outputs", "logging.tensorboard=false", "train.batch_size=8",
+            "train.log_every=1", "train.checkpoint_every=5", "sample.num_stories=1",
+            "sample.num_inference_steps=2", "model.start_merge_step=1", "data.num_workers=0"]
+
+
+@pytest.fixture
+def ldm_overrides(char_ldm_overrides) -> list[str]:
+    """The same for the baseline LDM: the toy recipe with character conditioning switched off."""
+    return char_ldm_overrides + ["model.character_conditioning=false"]

@@ -99,7 +99,12 @@ def test_shipped_ldm_recipes_validate(name):
     if not (REPO / f"configs/ldm/{name}.yaml").exists():
         pytest.fail(f"configs/ldm/{name}.yaml is missing")
     cfg = load_config(REPO / f"configs/ldm/{name}.yaml")
-    assert cfg.task == "ldm" and cfg.data.name == name
+    assert cfg.task == "char_ldm" and cfg.model.character_conditioning and cfg.data.name == name
+    if name != "toy":  # the paper's real-data values (storygpt-v-teardown.md §1, §3)
+        assert (cfg.data.image_size, cfg.optim.lr, cfg.train.batch_size, cfg.train.mixed_precision) == \
+            (512, 1e-5, 32, "bf16")
+        assert (cfg.model.attention_loss_weight, cfg.model.mask_loss_prob, cfg.model.start_merge_step) == (1e-3, 0.3, 15)
+        assert cfg.model.image_encoder_trainable_layers == 2
 
 
 def test_overrides_take_the_schema_type(tmp_path):

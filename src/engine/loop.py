@@ -12,6 +12,7 @@ from pathlib import Path
 
 import torch
 from accelerate import Accelerator
+from accelerate.state import AcceleratorState
 from accelerate.utils import ProjectConfiguration, set_seed
 from diffusers.optimization import get_scheduler
 from diffusers.training_utils import EMAModel
@@ -57,6 +58,9 @@ def micro_step(accelerator, model, optimizer, params, batch: dict, grad_clip: fl
 
 def make_accelerator(cfg, run_dir: Path) -> Accelerator:
     """Without a visible GPU, accelerate is asked for the CPU: several processes then form a gloo group."""
+    # accelerate keeps the first run's mixed precision for the whole process; a second run in the same
+    # process (tests, notebooks) may ask for another. The process group (PartialState) is kept.
+    AcceleratorState._reset_state()
     accelerator = Accelerator(
         cpu=not torch.cuda.is_available(),
         mixed_precision=cfg.train.mixed_precision,

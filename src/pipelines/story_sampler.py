@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Optional
+from typing import Callable, Optional
 
 import diffusers
 import torch
@@ -50,10 +50,21 @@ def write_grid(rows: list[list[Image.Image]], path: Path) -> None:
     grid.save(path)
 
 
+def prompt_drawer(pipe, num_inference_steps: int, guidance_scale: float, image_size: int):
+    """`draw` for generate_stories: the pipeline straight from the captions (the baseline LDM)."""
+    def draw(captions: list[str], generators: list[torch.Generator]) -> list[Image.Image]:
+        return pipe(captions, height=image_size, width=image_size, num_inference_steps=num_inference_steps,
+                    guidance_scale=guidance_scale, generator=generators, output_type="pil").images
+    return draw
+
+
 @torch.no_grad()
-def generate_stories(pipe, stories, out_dir, caption_field: str = "captions", seed: int = 0,
+def generate_stories(draw: Callable, stories, out_dir, caption_field: str = "captions", seed: int = 0,
                      num_inference_steps: int = 30, guidance_scale: float = 5.0, batch_size: int = 16,
-                     image_size: int = 512, meta: Optional[dict] = None, progress: bool = True) -> Path:
+                     image_size: int = 512, meta: Optional[dict] = None, progress: bool = True,
+                     device="cpu") -> Path:
+    """`draw(captions, generators) -> PIL images` draws one batch of frames (see prompt_drawer);
+    the sampling settings given here are recorded in generation.json."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     jobs = []  # (story index, frame, caption)
@@ -66,11 +77,8 @@ def generate_stories(pipe, stories, out_dir, caption_field: str = "captions", se
     bar = tqdm(total=len(jobs), desc="sampling frames", disable=not progress, dynamic_ncols=True)
     for start in range(0, len(jobs), batch_size):
         chunk = jobs[start:start + batch_size]
-        generators = [frame_generator(seed, i, k, pipe.device) for i, k, _ in chunk]
-        result = pipe([c for _, _, c in chunk], height=image_size, width=image_size,
-                      num_inference_steps=num_inference_steps, guidance_scale=guidance_scale,
-                      generator=generators, output_type="pil")
-        for (i, k, _), image in zip(chunk, result.images):
+        generators = [frame_generator(seed, i, k, device) for i, k, _ in chunk]
+        for (i, k, _), image in zip(chunk, draw([c for _, _, c in chunk], generators)):
             images[(i, k)] = image
         bar.update(len(chunk))
     bar.close()

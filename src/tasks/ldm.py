@@ -19,7 +19,7 @@ from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
 from transformers import CLIPTextModel, CLIPTokenizer
 
 from src.data.datasets import FrameDataset, collate_frames
-from src.pipelines.story_sampler import build_sd_pipeline, generate_stories
+from src.pipelines.story_sampler import build_sd_pipeline, generate_stories, prompt_drawer
 from src.data.stories import read_split
 from src.tasks.base import Task
 
@@ -118,6 +118,15 @@ class LDMTask(Task):
         return build_sd_pipeline(self.unet, self.vae, self.text_encoder, self.tokenizer,
                                  self.cfg.model.pretrained, self.cfg.sample.scheduler)
 
+    def generation_meta(self) -> dict:
+        """Task facts recorded in the samples' generation.json."""
+        return {"task": "ldm"}
+
+    def drawer(self, pipe):
+        """How one batch of captions becomes images (generate_stories' `draw`)."""
+        s = self.cfg.sample
+        return prompt_drawer(pipe, s.num_inference_steps, s.guidance_scale, self.cfg.data.image_size)
+
     @torch.no_grad()
     def sample(self, out_dir: Path, split: str, num_stories: Optional[int] = None, seed: Optional[int] = None,
                extra_meta: Optional[dict] = None) -> Path:
@@ -125,9 +134,10 @@ class LDMTask(Task):
         if num_stories:
             stories = stories[:num_stories]
         s = self.cfg.sample
+        pipe = self.pipeline()
         return generate_stories(
-            self.pipeline(), stories, out_dir, caption_field=self.cfg.data.caption_field,
+            self.drawer(pipe), stories, out_dir, caption_field=self.cfg.data.caption_field, device=pipe.device,
             seed=s.seed if seed is None else seed, num_inference_steps=s.num_inference_steps,
             guidance_scale=s.guidance_scale, batch_size=s.batch_size, image_size=self.cfg.data.image_size,
             meta={"dataset_root": str(self.cfg.data.root), "split": split, "scheduler": s.scheduler,
-                  **(extra_meta or {})})
+                  **self.generation_meta(), **(extra_meta or {})})

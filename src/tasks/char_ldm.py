@@ -1,0 +1,256 @@
+"""StoryGPT-V stage 1: Char-LDM (paper §3.1; storygpt-v-teardown.md §1).
+
+The baseline LDM (src/tasks/ldm.py) plus
+  - character-augmented conditioning: the caption's name tokens are fused with the CLIP image embedding
+    of the character's reference (src/models/fuse.py, src/models/character_encoder.py);
+  - the cross-attention control loss on chosen UNet layers (src/models/attention_control.py, Eq. 2-3);
+  - the mask-restricted denoising loss with probability `mask_loss_prob` (released code, not in the paper);
+  - conditioning dropout: empty caption / text-only / fused;
+  - delayed conditioning at sampling (text-only for the first `start_merge_step` steps, FastComposer).
+`character_conditioning: false` turns all of it off: the task is then exactly the baseline LDM.
+
+Shapes: B batch, L=77 tokens, D text width (= image projection width), M character slots per frame,
+R reference size, c×h×w latents, H×W frames.
+  captions -> token_char [B,L] (slot of the character a token names, -1 none)
+  ref_pixels [B,M,3,R,R] -> char_embeds [B,M,D];  text_states [B,L,D] -> encoder_hidden_states [B,L,D]
+  char_masks [B,M,H,W] -> attention loss;  union mask [B,1,h,w] -> mask-restricted MSE
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import List, Optional
+
+import torch
+import torch.nn.functional as F
+
+from src.data.datasets import CharacterFrameDataset, collate_frames
+from src.data.references import augment_references, fixed_references
+from src.data.stories import read_meta
+from src.models.attention_control import (AttentionStore, attention_control_loss, install_processors,
+                                          name_token_weights)
+from src.models.character_encoder import CharacterImageEncoder
+from src.models.fuse import FuseModule
+from src.models.name_tokens import name_patterns, name_token_positions
+from src.tasks.ldm import LDMModelConfig, LDMTask
+
+
+@dataclass
+class ReferenceAugmentConfig:
+    rotate: float = 30.0                  # degrees, ±
+    scale: List[float] = field(default_factory=lambda: [0.8, 1.2])   # zoom range
+    translate: float = 0.1                # fraction of the reference size, ±
+    flip: float = 0.5                     # probability of a horizontal flip
+    jitter: float = 0.2                   # brightness / contrast / saturation, ±
+    gray: float = 0.1                     # probability
+    blur: float = 0.1                     # probability
+
+
+@dataclass
+class CharLDMModelConfig(LDMModelConfig):
+    character_conditioning: bool = True   # false: the baseline LDM (no image encoder, fuse or extra losses)
+    image_encoder: str = "pretrained/clip-vit-large-patch14"   # a CLIPModel / CLIPVisionModelWithProjection folder
+    image_encoder_trainable_layers: int = 2
+    max_characters: int = 4               # name slots fused per caption (FastComposer's max_num_objects)
+    text_only_prob: float = 0.1           # caption_dropout (empty) + text_only_prob + fused = 1 (paper 10/10/80)
+    attention_loss_weight: float = 1.0e-3   # lambda of Eq. 3 (released code's --reg_weight)
+    attention_layers: List[str] = field(default_factory=lambda: [
+        "down_blocks.1", "down_blocks.2", "mid_block", "up_blocks.1", "up_blocks.2"])
+    mask_loss_prob: float = 0.3           # MSE restricted to the characters' union mask on this share of batches
+    fixed_reference_prob: float = 0.0     # train with the dataset's fixed chars/ reference instead of the crop
+    reference_augment: ReferenceAugmentConfig = field(default_factory=ReferenceAugmentConfig)
+    start_merge_step: int = 15            # sampling: text-only conditioning for this many steps, fused after
+
+
+class CharLDMTask(LDMTask):
+    ModelConfig = CharLDMModelConfig
+
+    def __init__(self, cfg, components: Optional[dict] = None):
+        super().__init__(cfg, components)
+        m = cfg.model
+        self.character_conditioning = m.character_conditioning
+        if not self.character_conditioning:
+            return
+        if m.caption_dropout + m.text_only_prob > 1:
+            raise ValueError(f"model.caption_dropout + model.text_only_prob = "
+                             f"{m.caption_dropout + m.text_only_prob} > 1")
+        self.image_encoder = (components or {}).get("image_encoder") or CharacterImageEncoder.from_pretrained(
+            m.image_encoder, m.image_encoder_trainable_layers)
+        width = self.text_encoder.config.hidden_size
+        if self.image_encoder.embed_dim != width:
+            raise ValueError(f"model.image_encoder: projection width {self.image_encoder.embed_dim} != text encoder "
+                             f"width {width} (the fuse writes image embeddings into text positions)")
+        self.fuse = FuseModule(width)
+        self.attention_store = AttentionStore()
+        self.attention_modules = install_processors(self.unet, list(m.attention_layers), self.attention_store)
+        meta = read_meta(cfg.data.root)
+        self.character_names = [c["name"] for c in meta["characters"]]
+        self.name_patterns = name_patterns(self.character_names, dict(cfg.data.aliases))
+        self._fixed_refs = None  # {name: [3,R,R]}, loaded on first use
+
+    # ---- names and references ---------------------------------------------------------------------
+    def fixed_references(self) -> dict:
+        if self._fixed_refs is None:
+            self._fixed_refs = fixed_references(self.cfg.data.root, read_meta(self.cfg.data.root),
+                                                self.image_encoder.image_size)
+        return self._fixed_refs
+
+    def token_slots(self, caption: str, slot_of: dict) -> torch.Tensor:
+        """[L] long: the slot (slot_of[name]) each token of the caption names, -1 elsewhere."""
+        length = self.tokenizer.model_max_length
+        token_char = torch.full((length,), -1, dtype=torch.long)
+        for name, positions in name_token_positions(self.tokenizer, caption, self.name_patterns, length):
+            slot = slot_of.get(name)
+            if slot is not None and slot < self.cfg.model.max_characters:
+                token_char[positions] = slot
+        return token_char
+
+    # ---- data -------------------------------------------------------------------------------------
+    def train_dataset(self):
+        if not self.character_conditioning:
+            return super().train_dataset()
+        return CharacterFrameDataset(self.cfg.data.root, "train", self.cfg.data.image_size,
+                                     self.image_encoder.image_size, caption_field=self.cfg.data.caption_field)
+
+    def collate(self, items):
+        batch = collate_frames(items)
+        if self.character_conditioning:  # a name's slot is its index in the frame's annotated characters
+            batch["token_char"] = torch.stack([
+                self.token_slots(caption, {name: j for j, name in enumerate(names)})
+                for caption, names in zip(batch["caption"], batch["characters"])])
+        return batch
+
+    # ---- training ---------------------------------------------------------------------------------
+    def encode_references(self, batch: dict, slots: torch.Tensor) -> torch.Tensor:
+        """Augmented same-frame references (or, with fixed_reference_prob, the fixed ones) of the
+        chosen slots [B,M] -> char_embeds [B,M,D] (zeros elsewhere)."""
+        m = self.cfg.model
+        batch_size, num_slots = slots.shape
+        embeds = torch.zeros(batch_size, num_slots, self.image_encoder.embed_dim, device=slots.device)
+        if not slots.any():
+            return embeds
+        aug = m.reference_augment
+        refs = augment_references(batch["ref_pixels"][slots], batch["ref_masks"][slots], rotate=aug.rotate,
+                                  scale=tuple(aug.scale), translate=aug.translate, flip=aug.flip,
+                                  jitter=aug.jitter, gray=aug.gray, blur=aug.blur)
+        if m.fixed_reference_prob > 0:
+            names = [batch["characters"][b][j] for b, j in torch.nonzero(slots).tolist()]
+            use_fixed = (torch.rand(len(names)) < m.fixed_reference_prob).tolist()
+            fixed = self.fixed_references()
+            for n, (name, swap) in enumerate(zip(names, use_fixed)):
+                if swap and name in fixed:
+                    refs[n] = fixed[name].to(refs)
+        embeds[slots] = self.image_encoder(refs).to(embeds.dtype)
+        return embeds
+
+    def training_step(self, batch):
+        if not self.character_conditioning:
+            return super().training_step(batch)
+        m = self.cfg.model
+        pixel_values, token_char, char_masks = batch["pixel_values"], batch["token_char"], batch["char_masks"]
+        batch_size, num_slots = char_masks.shape[:2]
+        device = pixel_values.device
+        with torch.no_grad():
+            latents = self.vae.encode(pixel_values.to(self.vae.dtype)).latent_dist.sample()
+            latents = latents * self.vae.config.scaling_factor
+            text_states = self.encode_text(batch["caption"])
+            null_states = self.encode_text([""])
+
+        # Conditioning dropout (paper §3.1: 10% empty, 10% text-only, 80% fused).
+        draw = torch.rand(batch_size).to(device)
+        empty = draw < m.caption_dropout
+        fused = draw >= m.caption_dropout + m.text_only_prob
+        named = F.one_hot(token_char + 1, num_slots + 1)[..., 1:].amax(1).bool()       # [B,M]
+        char_embeds = self.encode_references(batch, named & fused[:, None])
+        states = torch.where(empty[:, None, None], null_states.expand_as(text_states), text_states)
+        encoder_hidden_states = self.fuse(states, char_embeds, torch.where(fused[:, None], token_char, -1))
+
+        noise = torch.randn_like(latents)
+        if m.noise_offset:
+            noise += m.noise_offset * torch.randn(latents.shape[0], latents.shape[1], 1, 1, device=device)
+        timesteps = torch.randint(0, self.noise_scheduler.config.num_train_timesteps, (batch_size,), device=device)
+        noisy_latents = self.noise_scheduler.add_noise(latents, noise, timesteps)
+
+        # Eq. 2-3 on every frame whose caption still names a character that has a mask.
+        attend = named & (char_masks.flatten(2).amax(-1) > 0) & ~empty[:, None]
+        record = m.attention_loss_weight > 0  # (a frame with no valid character adds 0; no host sync here)
+        if record:
+            self.attention_store.start(name_token_weights(torch.where(empty[:, None], -1, token_char), num_slots))
+        try:
+            model_pred = self.unet(noisy_latents, timesteps, encoder_hidden_states).sample
+        finally:
+            maps = self.attention_store.stop()
+        target = self.diffusion_target(latents, noise, timesteps)
+
+        if m.mask_loss_prob > 0 and float(torch.rand(())) < m.mask_loss_prob:
+            union = F.interpolate(char_masks.amax(1, keepdim=True), size=latents.shape[-2:], mode="bilinear",
+                                  antialias=True, align_corners=False).to(model_pred.dtype)
+            model_pred, target = model_pred * union, target * union
+        mse = self.diffusion_loss(model_pred, target, timesteps)
+        attention = attention_control_loss(maps, char_masks, attend) if record else mse.new_zeros(())
+        # Zero-weighted: keeps every trainable parameter in the graph when no frame was fused (DDP).
+        idle = sum(p.sum() for p in self.fuse.parameters()) * 0.0 + sum(
+            p.sum() for p in self.image_encoder.parameters() if p.requires_grad) * 0.0
+        loss = mse + m.attention_loss_weight * attention + idle
+        return {"loss": loss, "mse": mse.detach(), "attention": attention.detach()}
+
+    # ---- sampling ---------------------------------------------------------------------------------
+    @torch.no_grad()
+    def reference_embeddings(self) -> dict:
+        """{name: [D]} from the fixed references with the current weights."""
+        refs = self.fixed_references()
+        if not refs:
+            return {}
+        names = sorted(refs)
+        device = self.image_encoder.visual_projection.weight.device
+        embeds = self.image_encoder(torch.stack([refs[n] for n in names]).to(device))
+        return dict(zip(names, embeds))
+
+    @torch.no_grad()
+    def condition(self, captions: list[str], ref_embeds: dict) -> tuple[torch.Tensor, torch.Tensor]:
+        """(text-only, fused) encoder states [B,L,D] for sampling; slots in order of first mention."""
+        text_states = self.encode_text(captions)
+        token_char, embeds = [], []
+        for caption in captions:
+            found = name_token_positions(self.tokenizer, caption, self.name_patterns, self.tokenizer.model_max_length)
+            order = list(dict.fromkeys(name for name, _ in found))[: self.cfg.model.max_characters]
+            missing = [n for n in order if n not in ref_embeds]
+            if missing:
+                raise ValueError(f"{self.cfg.data.root}/meta.json: no reference image for {missing}, named in "
+                                 f"the caption {caption!r} (add 'reference' to those characters)")
+            token_char.append(self.token_slots(caption, {n: j for j, n in enumerate(order)}))
+            embeds.append([ref_embeds[n] for n in order])
+        slots = max(1, max(len(e) for e in embeds))
+        char_embeds = text_states.new_zeros(len(captions), slots, text_states.shape[-1])
+        for b, row in enumerate(embeds):
+            for j, embed in enumerate(row):
+                char_embeds[b, j] = embed
+        fused = self.fuse(text_states, char_embeds, torch.stack(token_char).to(text_states.device))
+        return text_states, fused
+
+    def generation_meta(self) -> dict:
+        if not self.character_conditioning:
+            return super().generation_meta()
+        return {"task": "char_ldm", "start_merge_step": self.cfg.model.start_merge_step,
+                "references": "meta.json fixed references (chars/)"}
+
+    def drawer(self, pipe):
+        if not self.character_conditioning:
+            return super().drawer(pipe)
+        s, merge = self.cfg.sample, self.cfg.model.start_merge_step
+        ref_embeds = self.reference_embeddings()
+
+        def draw(captions, generators):
+            text_states, fused = self.condition(captions, ref_embeds)
+            null = self.encode_text([""] * len(captions))
+            cfg_on = s.guidance_scale > 1
+
+            def delayed_conditioning(pipeline, i, t, tensors):  # after step i: fused from step `merge` on
+                if i + 1 == merge:
+                    return {"prompt_embeds": torch.cat([null, fused]) if cfg_on else fused}
+                return {}
+            return pipe(prompt_embeds=text_states if merge > 0 else fused, negative_prompt_embeds=null,
+                        height=self.cfg.data.image_size, width=self.cfg.data.image_size,
+                        num_inference_steps=s.num_inference_steps, guidance_scale=s.guidance_scale,
+                        generator=generators, output_type="pil", callback_on_step_end=delayed_conditioning,
+                        callback_on_step_end_tensor_inputs=["prompt_embeds"]).images
+        return draw
