@@ -11,48 +11,27 @@ markdown table: seconds per step, steps/s, samples/s, peak memory.
 from __future__ import annotations
 
 import argparse
-import tempfile
 from pathlib import Path
 
 import torch
-import yaml
 
-from bench.common import machine, peak_memory_gib, print_table, reset_peak, timed
-from src.config import load_config
+from bench.common import (REPO, add_step_arguments, machine, peak_memory_gib, prepare_training, print_table,
+                          reset_peak, sd15_components, timed, toy_config)
 
-REPO = Path(__file__).resolve().parent.parent
 CAPTIONS = ["Ada and Bob walked on the beach.", "She waited in the forest.", "Cleo, Dan and Eve played at night."]
-
-
-def sd15_components(tokenizer_source: Path) -> dict:
-    """SD 1.5's architecture with random weights; the tokenizer is CLIP's vocabulary (from the tiny stack)."""
-    from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
-    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
-
-    spec = yaml.safe_load((REPO / "configs/bench/sd15.yaml").read_text())
-    return {"unet": UNet2DConditionModel(**spec["unet"]), "vae": AutoencoderKL(**spec["vae"]),
-            "text_encoder": CLIPTextModel(CLIPTextConfig(**spec["text_encoder"])),
-            "tokenizer": CLIPTokenizer.from_pretrained(tokenizer_source, subfolder="tokenizer"),
-            "noise_scheduler": DDPMScheduler(**spec["scheduler"])}
 
 
 def bench_one(arch: str, batch_size: int, resolution: int, precision: str, steps: int, warmup: int,
               tiny_root: Path, data_root: Path, gradient_checkpointing: bool) -> dict:
-    from src.engine.loop import make_accelerator, micro_step
+    from src.engine.loop import micro_step
     from src.tasks.ldm import LDMTask
-    from src.tools.assets import ensure_assets
 
-    overrides = [f"train.batch_size={batch_size}", f"train.mixed_precision={precision}",
-                 f"data.image_size={resolution}", f"data.root={data_root}", f"tiny_stack={tiny_root}",
-                 f"model.pretrained={tiny_root}/stable-diffusion-v1-5", "logging.tensorboard=false",
-                 f"model.gradient_checkpointing={str(gradient_checkpointing).lower()}"]
-    cfg = load_config(REPO / "configs/ldm/toy.yaml", overrides)
-    ensure_assets(cfg)  # the tiny stack (and the toy data it is trained on) if missing
+    cfg = toy_config([f"train.batch_size={batch_size}", f"train.mixed_precision={precision}",
+                      f"data.image_size={resolution}",
+                      f"model.gradient_checkpointing={str(gradient_checkpointing).lower()}"], tiny_root, data_root)
     components = sd15_components(Path(cfg.model.pretrained)) if arch == "sd15" else None
     task = LDMTask(cfg, components)
-    accelerator = make_accelerator(cfg, Path(tempfile.mkdtemp()))
-    params = [p for p in task.parameters() if p.requires_grad]
-    model, optimizer = accelerator.prepare(task, torch.optim.AdamW(params, lr=1e-5))
+    accelerator, model, optimizer, params = prepare_training(task, cfg)
     device = accelerator.device
     generator = torch.Generator().manual_seed(0)
     batch = {"pixel_values": (torch.rand(batch_size, 3, resolution, resolution, generator=generator) * 2 - 1).to(device),
@@ -71,12 +50,7 @@ def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--arch", choices=("tiny", "sd15"), default="tiny")
     parser.add_argument("--batch", type=int, nargs="+", default=[16, 32])
-    parser.add_argument("--resolution", type=int, default=None, help="default: 64 (tiny), 512 (sd15)")
-    parser.add_argument("--precision", choices=("no", "bf16", "fp16"), default=None,
-                        help="default: no on CPU, bf16 on GPU")
-    parser.add_argument("--steps", type=int, default=10)
-    parser.add_argument("--warmup", type=int, default=3)
-    parser.add_argument("--gradient-checkpointing", action="store_true")
+    add_step_arguments(parser)
     parser.add_argument("--tiny-root", type=Path, default=REPO / "pretrained/tiny")
     parser.add_argument("--data", type=Path, default=REPO / "data/toy")
     args = parser.parse_args(argv)
