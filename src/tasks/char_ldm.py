@@ -94,11 +94,13 @@ class CharLDMTask(LDMTask):
                                                 self.image_encoder.image_size)
         return self._fixed_refs
 
-    def token_slots(self, caption: str, slot_of: dict) -> torch.Tensor:
-        """[L] long: the slot (slot_of[name]) each token of the caption names, -1 elsewhere."""
-        length = self.tokenizer.model_max_length
-        token_char = torch.full((length,), -1, dtype=torch.long)
-        for name, positions in name_token_positions(self.tokenizer, caption, self.name_patterns, length):
+    def find_names(self, caption: str) -> list:
+        return name_token_positions(self.tokenizer, caption, self.name_patterns, self.tokenizer.model_max_length)
+
+    def token_slots(self, found: list, slot_of: dict) -> torch.Tensor:
+        """[L] long: the slot (slot_of[name]) each token of `find_names`' names gets, -1 elsewhere."""
+        token_char = torch.full((self.tokenizer.model_max_length,), -1, dtype=torch.long)
+        for name, positions in found:
             slot = slot_of.get(name)
             if slot is not None and slot < self.cfg.model.max_characters:
                 token_char[positions] = slot
@@ -115,7 +117,7 @@ class CharLDMTask(LDMTask):
         batch = collate_frames(items)
         if self.character_conditioning:  # a name's slot is its index in the frame's annotated characters
             batch["token_char"] = torch.stack([
-                self.token_slots(caption, {name: j for j, name in enumerate(names)})
+                self.token_slots(self.find_names(caption), {name: j for j, name in enumerate(names)})
                 for caption, names in zip(batch["caption"], batch["characters"])])
         return batch
 
@@ -211,13 +213,13 @@ class CharLDMTask(LDMTask):
         text_states = self.encode_text(captions)
         token_char, embeds = [], []
         for caption in captions:
-            found = name_token_positions(self.tokenizer, caption, self.name_patterns, self.tokenizer.model_max_length)
+            found = self.find_names(caption)
             order = list(dict.fromkeys(name for name, _ in found))[: self.cfg.model.max_characters]
             missing = [n for n in order if n not in ref_embeds]
             if missing:
                 raise ValueError(f"{self.cfg.data.root}/meta.json: no reference image for {missing}, named in "
                                  f"the caption {caption!r} (add 'reference' to those characters)")
-            token_char.append(self.token_slots(caption, {n: j for j, n in enumerate(order)}))
+            token_char.append(self.token_slots(found, {n: j for j, n in enumerate(order)}))
             embeds.append([ref_embeds[n] for n in order])
         slots = max(1, max(len(e) for e in embeds))
         char_embeds = text_states.new_zeros(len(captions), slots, text_states.shape[-1])
