@@ -151,9 +151,8 @@ class CharLDMTask(LDMTask):
         pixel_values, token_char, char_masks = batch["pixel_values"], batch["token_char"], batch["char_masks"]
         batch_size, num_slots = char_masks.shape[:2]
         device = pixel_values.device
+        latents = self.encode_latents(pixel_values)
         with torch.no_grad():
-            latents = self.vae.encode(pixel_values.to(self.vae.dtype)).latent_dist.sample()
-            latents = latents * self.vae.config.scaling_factor
             text_states = self.encode_text(batch["caption"])
             null_states = self.encode_text([""])
 
@@ -166,11 +165,7 @@ class CharLDMTask(LDMTask):
         states = torch.where(empty[:, None, None], null_states.expand_as(text_states), text_states)
         encoder_hidden_states = self.fuse(states, char_embeds, torch.where(fused[:, None], token_char, -1))
 
-        noise = torch.randn_like(latents)
-        if m.noise_offset:
-            noise += m.noise_offset * torch.randn(latents.shape[0], latents.shape[1], 1, 1, device=device)
-        timesteps = torch.randint(0, self.noise_scheduler.config.num_train_timesteps, (batch_size,), device=device)
-        noisy_latents = self.noise_scheduler.add_noise(latents, noise, timesteps)
+        noise, timesteps, noisy_latents = self.add_training_noise(latents)
 
         # Eq. 2-3 on every frame whose caption still names a character that has a mask.
         attend = named & (char_masks.flatten(2).amax(-1) > 0) & ~empty[:, None]

@@ -72,22 +72,29 @@ class LDMTask(Task):
                              truncation=True, return_tensors="pt").input_ids
         return self.text_encoder(ids.to(self.text_encoder.device))[0]
 
-    def training_step(self, batch):
-        pixel_values = batch["pixel_values"]
-        with torch.no_grad():
-            latents = self.vae.encode(pixel_values.to(self.vae.dtype)).latent_dist.sample()
-            latents = latents * self.vae.config.scaling_factor
-            drop = torch.rand(len(batch["caption"])) < self.cfg.model.caption_dropout
-            captions = ["" if d else c for c, d in zip(batch["caption"], drop.tolist())]
-            encoder_hidden_states = self.encode_text(captions)
+    @torch.no_grad()
+    def encode_latents(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        latents = self.vae.encode(pixel_values.to(self.vae.dtype)).latent_dist.sample()
+        return latents * self.vae.config.scaling_factor
 
+    def add_training_noise(self, latents: torch.Tensor):
+        """(noise, timesteps, noisy_latents) for one training step (offset noise when configured)."""
         noise = torch.randn_like(latents)
         if self.cfg.model.noise_offset:
             noise += self.cfg.model.noise_offset * torch.randn(latents.shape[0], latents.shape[1], 1, 1,
                                                                device=latents.device)
         timesteps = torch.randint(0, self.noise_scheduler.config.num_train_timesteps, (latents.shape[0],),
                                   device=latents.device)
-        noisy_latents = self.noise_scheduler.add_noise(latents, noise, timesteps)
+        return noise, timesteps, self.noise_scheduler.add_noise(latents, noise, timesteps)
+
+    def training_step(self, batch):
+        latents = self.encode_latents(batch["pixel_values"])
+        with torch.no_grad():
+            drop = torch.rand(len(batch["caption"])) < self.cfg.model.caption_dropout
+            captions = ["" if d else c for c, d in zip(batch["caption"], drop.tolist())]
+            encoder_hidden_states = self.encode_text(captions)
+
+        noise, timesteps, noisy_latents = self.add_training_noise(latents)
         model_pred = self.unet(noisy_latents, timesteps, encoder_hidden_states).sample
         target = self.diffusion_target(latents, noise, timesteps)
         loss = self.diffusion_loss(model_pred, target, timesteps)
