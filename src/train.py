@@ -1,14 +1,30 @@
-"""Training entry: `python -m src.train --config configs/ldm/toy.yaml [key=value ...]`.
+"""Training entry: `python -m src.train --config configs/ldm/toy.yaml [key=value ...] [--debug]`.
 
 Launch through accelerate for several processes (scripts/train_*.sh do):
 `accelerate launch --config_file configs/accelerate/cpu_ddp.yaml -m src.train --config ...`.
+A bad input (config key, story line, missing weights) is one line on stderr and exit status 2;
+--debug shows the traceback (src/errors.py).
 """
 from __future__ import annotations
 
 import argparse
 import sys
 
-from src.config import ConfigError, load_config
+from src.config import load_config
+from src.errors import run_entry
+
+
+def prepare_assets(cfg) -> None:
+    """Build what the run needs on disk (the toy dataset, the tiny pretrained stack) before the engine
+    starts. The main process builds them first; the others wait, then find them ready."""
+    import torch
+    from accelerate import PartialState
+
+    from src.tools.assets import ensure_assets
+
+    # The same `cpu` the engine's Accelerator asks for: the process group is created once, here.
+    with PartialState(cpu=not torch.cuda.is_available()).main_process_first():
+        ensure_assets(cfg)
 
 
 def main(argv=None) -> int:
@@ -16,21 +32,14 @@ def main(argv=None) -> int:
     parser.add_argument("--config", required=True, help="a YAML recipe, e.g. configs/ldm/toy.yaml")
     parser.add_argument("overrides", nargs="*", help="key=value overrides, e.g. train.max_steps=100")
     args = parser.parse_args(argv)
-    try:
-        cfg = load_config(args.config, args.overrides)
-    except ConfigError as err:
-        print(f"config error: {err}", file=sys.stderr)
-        return 2
-    from src.engine.loop import train  # after validation: a bad config fails before torch is imported
+    cfg = load_config(args.config, args.overrides)  # a bad config fails before torch is imported
+    prepare_assets(cfg)
+    from src.engine.loop import train
 
-    try:
-        run_dir = train(cfg)
-    except (FileExistsError, FileNotFoundError) as err:  # a run folder in use, missing data or weights
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+    run_dir = train(cfg)
     print(f"run folder: {run_dir}")
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_entry(main))

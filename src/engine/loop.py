@@ -24,7 +24,6 @@ from src.engine import checkpoint as ckpt
 from src.engine.sampler import StepBatchSampler
 from src.engine.tracking import start_trackers, tracker_backends
 from src.tasks import build_task
-from src.tools.assets import ensure_assets
 
 SCHEDULES = {"constant": "constant_with_warmup", "cosine": "cosine"}
 
@@ -86,8 +85,6 @@ def train(cfg) -> Path:
         _check_run_folder(run_dir, cfg)
         run_dir.mkdir(parents=True, exist_ok=True)
         save_config(cfg, run_dir / "config.yaml")
-    with accelerator.main_process_first():
-        ensure_assets(cfg)
 
     set_seed(cfg.train.seed)  # identical initial weights on every process
     task = build_task(cfg)
