@@ -3,7 +3,7 @@
     python -m eval.train_classifier --protocol configs/eval/toy.yaml [key=value ...]
 
 Validation picks the best epoch; the test split is never opened (StoryGPT-V's deleted trainer used
-train+val+test ids, teardown §4). The folder written holds model.safetensors, config.json (the
+train+val+test ids, docs/storygpt_v.md). The folder written holds model.safetensors, config.json (the
 settings and a fingerprint of the data it was trained on) and split_ids.json (every id it saw), and
 is reused by eval.run while the fingerprint matches.
 

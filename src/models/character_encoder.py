@@ -1,5 +1,5 @@
 """The character encoder: a CLIP vision tower whose pooled, projected CLS token is one embedding per
-character reference image (StoryGPT-V §3.1; teardown §1: CLIP ViT-L/14 at 224 px, last 2 layers train).
+character reference image (StoryGPT-V §3.1; docs/storygpt_v.md: CLIP ViT-L/14 at 224 px, last 2 layers train).
 
 Shapes: N reference images, R the tower's input size, P its projection width.
   pixel_values [N,3,R,R] in [0,1] (already padded to square and resized) -> embeds [N,P]

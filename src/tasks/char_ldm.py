@@ -1,4 +1,4 @@
-"""StoryGPT-V stage 1: Char-LDM (paper §3.1; storygpt-v-teardown.md §1).
+"""StoryGPT-V stage 1: Char-LDM (paper §3.1; docs/storygpt_v.md, docs/char_ldm.md).
 
 The baseline LDM (src/tasks/ldm.py) plus
   - character-augmented conditioning: the caption's name tokens are fused with the CLIP image embedding

@@ -1,5 +1,5 @@
 """Baseline stage 1: text-conditioned Stable Diffusion fine-tuning of the UNet ("LDM" in StoryGPT-V's
-tables, teardown §5). VAE and text encoder stay frozen; each frame is one training sample with its
+tables, docs/storygpt_v.md). VAE and text encoder stay frozen; each frame is one training sample with its
 caption.
 
 Shapes: B batch, C=3 RGB, H×W frame, c latent channels, h×w latent size, L=77 tokens, D text width.
