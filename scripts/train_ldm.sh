@@ -12,5 +12,6 @@ fi
 dataset="$1"; shift
 ensure_venv requirements.txt
 config="$(launch_config)"
+# --quiet: after src.train's one-line error, a one-process launcher adds no traceback of its own.
 # shellcheck disable=SC2086
-exec accelerate launch --config_file "$config" ${LAUNCH_ARGS:-} -m src.train --config "configs/ldm/$dataset.yaml" "$@"
+exec accelerate launch --quiet --config_file "$config" ${LAUNCH_ARGS:-} -m src.train --config "configs/ldm/$dataset.yaml" "$@"

@@ -14,26 +14,17 @@ from src.config import load_config
 from src.errors import run_entry
 
 
-def prepare_assets(cfg) -> None:
-    """Build what the run needs on disk (the toy dataset, the tiny pretrained stack) before the engine
-    starts. The main process builds them first; the others wait, then find them ready."""
-    import torch
-    from accelerate import PartialState
-
-    from src.tools.assets import ensure_assets
-
-    # The same `cpu` the engine's Accelerator asks for: the process group is created once, here.
-    with PartialState(cpu=not torch.cuda.is_available()).main_process_first():
-        ensure_assets(cfg)
-
-
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", required=True, help="a YAML recipe, e.g. configs/ldm/toy.yaml")
     parser.add_argument("overrides", nargs="*", help="key=value overrides, e.g. train.max_steps=100")
     args = parser.parse_args(argv)
-    cfg = load_config(args.config, args.overrides)  # a bad config fails before torch is imported
-    prepare_assets(cfg)
+    cfg = load_config(args.config, args.overrides)  # a bad config fails before any model is built
+    # The toy dataset and the tiny stack are built here, before the engine starts (every process calls
+    # this; a lock lets one build while the others wait: src/tools/assets.py).
+    from src.tools.assets import ensure_assets
+
+    ensure_assets(cfg)
     from src.engine.loop import train
 
     run_dir = train(cfg)
