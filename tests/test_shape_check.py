@@ -83,6 +83,13 @@ def test_a_real_shape_mismatch_is_caught(capsys, tmp_path):
     assert "model.image_encoder" in err and "1024" in err and "768" in err
 
 
+def test_a_step_that_reads_tensor_values_names_where(capsys):
+    """Meta tensors have no values: a step that needs them fails in one line naming file and line."""
+    assert main(STAGE1 + ["model.fixed_reference_prob=0.5", "train.batch_size=2"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "training step on the meta device failed at src/tasks/char_ldm.py:" in err
+
+
 def test_shape_only_tokenizer_never_replaces_a_real_one(tmp_path):
     """Without vocabulary files the real path fails naming the folder (transformers alone would build an
     empty vocabulary); only config-only mode gets a stand-in that gives token ids of the right shape."""

@@ -26,6 +26,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import traceback
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -39,6 +40,11 @@ from src.config import ConfigError, load_config
 from src.models.pretrained import config_only, load_pretrained
 
 META = torch.device("meta")
+SRC = Path(__file__).resolve().parent.parent  # the package: where a failing step is located
+
+
+class ShapeCheckError(ValueError):
+    """A model or step that cannot run at its real shapes, with where and why in one line."""
 
 
 class _MetaScalarReads(TorchDispatchMode):
@@ -66,9 +72,16 @@ def _count(module: nn.Module) -> dict:
             "trainable": sum(p.numel() for p in module.parameters() if p.requires_grad)}
 
 
-def _meta_step(run: Callable[[], torch.Tensor | dict]):
-    with fx_config.patch(meta_nonzero_assume_all_nonzero=True), _MetaScalarReads():
-        return run()
+def _meta_step(run: Callable[[], torch.Tensor | dict], what: str):
+    try:
+        with fx_config.patch(meta_nonzero_assume_all_nonzero=True), _MetaScalarReads():
+            return run()
+    except (RuntimeError, NotImplementedError) as err:  # e.g. a value read (.tolist()) that meta cannot serve
+        frames = [f for f in traceback.extract_tb(err.__traceback__)
+                  if f.filename.startswith(str(SRC)) and f.filename != __file__]
+        where = f" at {Path(frames[-1].filename).relative_to(SRC.parent)}:{frames[-1].lineno}" if frames else ""
+        message = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise ShapeCheckError(f"{what} on the meta device failed{where}: {message}") from None
 
 
 # ------------------------------------------------------------------------------------------ a recipe
@@ -88,7 +101,7 @@ def check_recipe(config: str, overrides: list[str]) -> dict:
             losses = task.training_step(batch)
             losses["loss"].backward()
             return losses
-        losses = _meta_step(step)
+        losses = _meta_step(step, f"task '{cfg.task}': the training step")
     finally:
         if hook:
             hook.remove()
@@ -168,7 +181,7 @@ def check_model(kind: str, path: str) -> dict:
         model = KINDS[kind].build(path)
     model.eval()
     with torch.no_grad():
-        out = _meta_step(lambda: model(**KINDS[kind].example(model)))
+        out = _meta_step(lambda: model(**KINDS[kind].example(model)), f"--model {kind} {path}: the forward")
     return {**_count(model), "kind": kind, "path": str(path), "output": _shape(out)}
 
 
@@ -196,6 +209,7 @@ def format_report(report: dict) -> str:
                      f"trainable tensors got a gradient" + (f"; none for {', '.join(missing[:5])}" if missing else ""))
     if single:
         lines += [""] if lines else []
+        lines.append("pretrained folders alone, meta device, config files only (nothing frozen: trainable = params)")
         lines += _table(single)
         lines += [f"{name} output: {m['output']}" for name, m in single.items()]
     return "\n".join(lines)
