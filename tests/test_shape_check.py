@@ -106,3 +106,29 @@ def test_shape_only_tokenizer_never_replaces_a_real_one(tmp_path):
     assert tuple(tokenizer(["a", "b"], padding="max_length").input_ids.shape) == (2, 77)
     with pytest.raises(AttributeError, match="shape-only tokenizer"):
         tokenizer.tokenize("fred")
+
+
+@pytest.mark.parametrize("character_conditioning", [True, False])
+def test_example_batch_is_a_real_batch_of_the_task(char_ldm_overrides, character_conditioning):
+    """The fake batch the shape check feeds has the keys, dtypes and ranks of the real collated batch, and
+    the real (tiny, CPU) training step accepts it."""
+    import torch
+
+    from src.config import load_config
+    from src.tasks import build_task
+
+    cfg = load_config("configs/ldm/toy.yaml", char_ldm_overrides + [
+        f"model.character_conditioning={str(character_conditioning).lower()}"])
+    task = build_task(cfg)
+    dataset = task.train_dataset()
+    real = task.collate([dataset[i] for i in range(2)])
+    fake = task.example_batch(2, "cpu")
+    assert set(fake) <= set(real)
+    for key, value in fake.items():
+        if isinstance(value, torch.Tensor):
+            assert (value.dtype, value.ndim, value.shape[0]) == (real[key].dtype, real[key].ndim, 2), key
+        else:
+            assert type(value) is type(real[key]) and len(value) == 2, key
+    assert fake["pixel_values"].shape == real["pixel_values"].shape
+    torch.manual_seed(0)
+    assert torch.isfinite(task.training_step(fake)["loss"])

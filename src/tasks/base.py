@@ -48,8 +48,9 @@ class Task(nn.Module):
 
     # ---- shape check (src/tools/shape_check.py) ---------------------------------------------------
     def example_batch(self, batch_size: int, device: torch.device | str) -> dict:
-        """A training batch with the keys, shapes and dtypes `collate` gives, made from the config alone
-        (no dataset, no real tokenizer: see src/models/pretrained.py), on `device`."""
+        """A batch of the keys the training step reads, with the dtypes and ranks `collate` gives them
+        and the recipe's sizes, made from the config alone (no dataset, no real tokenizer: see
+        src/models/pretrained.py), on `device`."""
         raise NotImplementedError(f"task '{self.cfg.task}' ({type(self).__name__}) has no example_batch(); "
                                   f"the shape check needs one to cover it")
 

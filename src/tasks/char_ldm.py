@@ -132,7 +132,7 @@ class CharLDMTask(LDMTask):
             return batch
         slots, size, ref = self.cfg.model.max_characters, self.cfg.data.image_size, self.image_encoder.image_size
         batch.update({
-            "characters": [[] for _ in range(batch_size)],
+            "characters": [[f"character {j}" for j in range(slots)] for _ in range(batch_size)],  # every slot named
             "char_masks": torch.zeros(batch_size, slots, size, size, device=device),
             "ref_pixels": torch.zeros(batch_size, slots, 3, ref, ref, device=device),
             "ref_masks": torch.zeros(batch_size, slots, 1, ref, ref, device=device),

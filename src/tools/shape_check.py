@@ -58,12 +58,15 @@ class _MetaScalarReads(TorchDispatchMode):
 
 
 def _shape(value):
-    """Shape(s) of a module output: a tensor, a tuple/ModelOutput (its first tensor) -> list of ints."""
+    """A module output's shape: a tensor -> [ints]; a transformers/diffusers output object -> its first
+    tensor's (a text encoder's last_hidden_state); a plain tuple of tensors (e.g. states and pooled
+    embedding) -> one shape each."""
     if isinstance(value, torch.Tensor):
         return list(value.shape)
-    if isinstance(value, (tuple, list)) or hasattr(value, "to_tuple"):
-        items = value.to_tuple() if hasattr(value, "to_tuple") else value
-        return _shape(items[0]) if items else None
+    if hasattr(value, "to_tuple"):
+        return _shape(value.to_tuple()[0])
+    if isinstance(value, (tuple, list)) and value:
+        return [_shape(item) for item in value]
     raise TypeError(f"cannot report the shape of a {type(value).__name__}")
 
 
