@@ -45,17 +45,18 @@ def _is_tokenizer(cls) -> bool:
     return cls is AutoTokenizer or (isinstance(cls, type) and issubclass(cls, PreTrainedTokenizerBase))
 
 
-def load_pretrained(cls, path: str, subfolder: Optional[str] = None, torch_dtype: Optional[torch.dtype] = None):
-    """`cls.from_pretrained(path, subfolder=..., torch_dtype=...)`; inside `config_only()`, the same class
-    built from `path/subfolder/config.json` on the meta device (a tokenizer: a ShapeOnlyTokenizer).
-    `cls` is a diffusers model, a transformers model or Auto class, or a tokenizer class."""
-    kwargs = {"subfolder": subfolder} if subfolder else {}
+def load_pretrained(cls, path: str, subfolder: Optional[str] = None, **kwargs):
+    """`cls.from_pretrained(path, subfolder=..., **kwargs)`; inside `config_only()`, the same class built
+    from `path/subfolder/config.json` on the meta device (a tokenizer: a ShapeOnlyTokenizer). `cls` is a
+    diffusers model, a transformers model or Auto class, or a tokenizer class. In config-only mode a
+    `dtype` / `torch_dtype` keyword casts the model; keywords about reading weight files (variant,
+    use_safetensors, ...) have nothing to act on."""
     folder = Path(path) / (subfolder or "")
+    if subfolder:
+        kwargs["subfolder"] = subfolder
     if not is_config_only():
         if _is_tokenizer(cls):
             return _checked_tokenizer(cls.from_pretrained(path, **kwargs), folder)
-        if torch_dtype is not None:
-            kwargs["torch_dtype"] = torch_dtype
         return cls.from_pretrained(path, **kwargs)
     if _is_tokenizer(cls):
         return ShapeOnlyTokenizer.from_folder(folder)
@@ -63,15 +64,17 @@ def load_pretrained(cls, path: str, subfolder: Optional[str] = None, torch_dtype
     if not config_file.is_file():
         raise FileNotFoundError(f"{config_file}: not found; the shape check builds {cls.__name__} from this "
                                 f"config file alone (weights are not needed)")
+    where = {"subfolder": subfolder} if subfolder else {}
     if hasattr(cls, "load_config"):  # diffusers ModelMixin
-        model = cls.from_config(cls.load_config(path, **kwargs))
+        model = cls.from_config(cls.load_config(path, **where))
     elif hasattr(cls, "_from_config"):  # a transformers model class
-        model = cls._from_config(cls.config_class.from_pretrained(path, **kwargs))
+        model = cls._from_config(cls.config_class.from_pretrained(path, **where))
     else:  # a transformers Auto class (AutoModelForCausalLM, ...): the family comes from the config
         from transformers import AutoConfig
 
-        model = cls.from_config(AutoConfig.from_pretrained(path, **kwargs))
-    return model.to(torch_dtype) if torch_dtype is not None else model
+        model = cls.from_config(AutoConfig.from_pretrained(path, **where))
+    dtype = kwargs.get("dtype", kwargs.get("torch_dtype"))
+    return model.to(dtype) if dtype is not None else model
 
 
 def _checked_tokenizer(tokenizer, folder: Path):
