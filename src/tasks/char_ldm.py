@@ -82,12 +82,17 @@ class CharLDMTask(LDMTask):
         self.fuse = FuseModule(width)
         self.attention_store = AttentionStore()
         self.attention_modules = install_processors(self.unet, list(m.attention_layers), self.attention_store)
-        meta = read_meta(cfg.data.root)
-        self.character_names = [c["name"] for c in meta["characters"]]
-        self.name_patterns = name_patterns(self.character_names, dict(cfg.data.aliases))
+        self._name_patterns = None  # from the dataset's meta.json on first use (the constructor reads no data)
         self._fixed_refs = None  # {name: [3,R,R]}, loaded on first use
 
     # ---- names and references ---------------------------------------------------------------------
+    @property
+    def name_patterns(self) -> list:
+        if self._name_patterns is None:
+            names = [c["name"] for c in read_meta(self.cfg.data.root)["characters"]]
+            self._name_patterns = name_patterns(names, dict(self.cfg.data.aliases))
+        return self._name_patterns
+
     def fixed_references(self) -> dict:
         if self._fixed_refs is None:
             self._fixed_refs = fixed_references(self.cfg.data.root, read_meta(self.cfg.data.root),
@@ -120,6 +125,23 @@ class CharLDMTask(LDMTask):
                 self.token_slots(self.find_names(caption), {name: j for j, name in enumerate(names)})
                 for caption, names in zip(batch["caption"], batch["characters"])])
         return batch
+
+    def example_batch(self, batch_size: int, device) -> dict:
+        batch = super().example_batch(batch_size, device)
+        if not self.character_conditioning:
+            return batch
+        slots, size, ref = self.cfg.model.max_characters, self.cfg.data.image_size, self.image_encoder.image_size
+        batch.update({
+            "characters": [[f"character {j}" for j in range(slots)] for _ in range(batch_size)],  # every slot named
+            "char_masks": torch.zeros(batch_size, slots, size, size, device=device),
+            "ref_pixels": torch.zeros(batch_size, slots, 3, ref, ref, device=device),
+            "ref_masks": torch.zeros(batch_size, slots, 1, ref, ref, device=device),
+            "token_char": torch.zeros(batch_size, self.tokenizer.model_max_length, dtype=torch.long, device=device),
+        })
+        return batch
+
+    def conditioning_module(self):
+        return self.fuse if self.character_conditioning else super().conditioning_module()
 
     # ---- training ---------------------------------------------------------------------------------
     def encode_references(self, batch: dict, slots: torch.Tensor) -> torch.Tensor:
