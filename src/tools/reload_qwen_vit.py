@@ -1,0 +1,145 @@
+"""Extract Qwen-VL-Chat's visual encoder (`transformer.visual.*`) into one safetensors file.
+
+    python -m src.tools.reload_qwen_vit --src pretrained/Qwen-VL-Chat --out pretrained/qwen_vit_G.safetensors
+
+Reads the checkpoint as Hugging Face stores it (safetensors or .bin, sharded with an index or single),
+opening only the shards that hold visual weights; strips the `transformer.visual.` prefix; loads the
+result strictly into src.models.qwen_vit.QwenViT built from config.json's `visual` section; writes the
+weights (dtype unchanged) with that section in the file's metadata, so the file alone rebuilds the model.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+from pathlib import Path
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+
+from src.models.qwen_vit import QwenViT
+
+PREFIX = "transformer.visual."
+CONFIG_METADATA_KEY = "qwen_visual_config"
+# Hugging Face checkpoint layouts, in the order they are tried.
+INDEX_FILES = ("model.safetensors.index.json", "pytorch_model.bin.index.json")
+SINGLE_FILES = ("model.safetensors", "pytorch_model.bin")
+
+
+def read_visual_config(src: Path) -> dict:
+    config_path = src / "config.json"
+    if not config_path.is_file():
+        raise FileNotFoundError(f"{config_path}: not found (expected a Qwen-VL-Chat folder)")
+    config = json.loads(config_path.read_text())
+    if "visual" not in config:
+        raise KeyError(f"{config_path}: no `visual` section; is this a Qwen-VL checkpoint?")
+    return config["visual"]
+
+
+def shard_keys(src: Path) -> dict[Path, list[str]]:
+    """{shard file: its keys under PREFIX}, from the index if there is one, else from the single file."""
+    for name in INDEX_FILES:
+        index = src / name
+        if index.is_file():
+            weight_map = json.loads(index.read_text()).get("weight_map")
+            if not isinstance(weight_map, dict):
+                raise KeyError(f"{index}: no `weight_map`")
+            shards: dict[Path, list[str]] = {}
+            for key, shard in weight_map.items():
+                if key.startswith(PREFIX):
+                    shards.setdefault(src / shard, []).append(key)
+            return shards
+    for name in SINGLE_FILES:
+        path = src / name
+        if path.is_file():
+            return {path: [key for key in read_keys(path) if key.startswith(PREFIX)]}
+    raise FileNotFoundError(f"{src}: no checkpoint found (looked for {', '.join(INDEX_FILES + SINGLE_FILES)})")
+
+
+def read_keys(path: Path) -> list[str]:
+    if path.suffix == ".safetensors":
+        with safe_open(str(path), framework="pt") as handle:
+            return list(handle.keys())
+    return list(load_bin(path))
+
+
+def load_bin(path: Path) -> dict[str, torch.Tensor]:
+    return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+
+
+def read_visual_weights(src: Path) -> dict[str, torch.Tensor]:
+    shards = {path: keys for path, keys in shard_keys(src).items() if keys}
+    if not shards:
+        raise KeyError(f"{src}: the checkpoint holds no {PREFIX}* weights (a Qwen-VL *language* checkpoint, "
+                       f"or a different model?)")
+    state: dict[str, torch.Tensor] = {}
+    for path, keys in shards.items():
+        if not path.is_file():
+            raise FileNotFoundError(f"{path}: shard named in the index is missing")
+        if path.suffix == ".safetensors":
+            with safe_open(str(path), framework="pt") as handle:
+                for key in keys:
+                    state[key[len(PREFIX):]] = handle.get_tensor(key)
+        else:
+            shard = load_bin(path)
+            for key in keys:
+                if key not in shard:
+                    raise KeyError(f"{path}: the index says it holds {key}, but it does not")
+                state[key[len(PREFIX):]] = shard[key].clone()
+    return state
+
+
+def check_keys(model: torch.nn.Module, state: dict, source: str) -> None:
+    """Strict key check with an error that names the keys (load_state_dict's would be a wall of text)."""
+    expected = set(model.state_dict())
+    missing, unexpected = sorted(expected - set(state)), sorted(set(state) - expected)
+    if missing or unexpected:
+        raise KeyError(f"{source}: {len(missing)} missing keys {missing[:5]}, "
+                       f"{len(unexpected)} unexpected keys {unexpected[:5]}")
+
+
+def extract(src: Path, out: Path) -> QwenViT:
+    visual = read_visual_config(src)
+    state = read_visual_weights(src)
+    with torch.device("meta"):
+        model = QwenViT.from_config(visual)
+    check_keys(model, state, f"{src} ({PREFIX}*)")
+    model.load_state_dict(state, strict=True, assign=True)  # also checks every shape
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(out.name + ".tmp")
+    save_file({key: value.contiguous() for key, value in state.items()}, str(tmp),
+              metadata={CONFIG_METADATA_KEY: json.dumps({key: visual[key] for key in visual})})
+    os.replace(tmp, out)
+    return model
+
+
+def load_qwen_vit(path: str | Path) -> QwenViT:
+    """Rebuild the frozen tokenizer from a file written by `extract` (config from its metadata)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: not found; extract it with python -m src.tools.reload_qwen_vit")
+    with safe_open(str(path), framework="pt") as handle:
+        metadata = handle.metadata() or {}
+        if CONFIG_METADATA_KEY not in metadata:
+            raise KeyError(f"{path}: no `{CONFIG_METADATA_KEY}` metadata; not written by reload_qwen_vit")
+        state = {key: handle.get_tensor(key) for key in handle.keys()}
+    with torch.device("meta"):
+        model = QwenViT.from_config(json.loads(metadata[CONFIG_METADATA_KEY]))
+    check_keys(model, state, str(path))
+    model.load_state_dict(state, strict=True, assign=True)
+    return model.eval().requires_grad_(False)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--src", type=Path, required=True, help="Qwen-VL-Chat folder (config.json + weights)")
+    parser.add_argument("--out", type=Path, required=True, help="output .safetensors file")
+    args = parser.parse_args(argv)
+    model = extract(args.src, args.out)
+    count = sum(p.numel() for p in model.parameters())
+    print(f"wrote {args.out}: {count:,} parameters from {args.src}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,104 @@
+"""Qwen-VL visual tokenizer: architecture size, key names, and extraction from a Qwen-VL-Chat folder."""
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from src.models.qwen_vit import QwenViT
+from src.tools import reload_qwen_vit
+
+# The `visual` section of Qwen-VL-Chat's config.json.
+QWEN_VL_CHAT_VISUAL = {"heads": 16, "image_size": 448, "image_start_id": 151857, "layers": 48,
+                       "mlp_ratio": 4.9231, "output_dim": 4096, "patch_size": 14, "width": 1664}
+TINY_VISUAL = {"heads": 2, "image_size": 56, "image_start_id": 151857, "layers": 2, "mlp_ratio": 2.0,
+               "output_dim": 128, "patch_size": 14, "width": 32}
+# Qwen-VL-Chat's checkpoint key names for the visual tower (written out, not derived from our module).
+BLOCK_KEYS = ["ln_1.weight", "ln_1.bias", "attn.in_proj.weight", "attn.in_proj.bias", "attn.out_proj.weight",
+              "attn.out_proj.bias", "ln_2.weight", "ln_2.bias", "mlp.c_fc.weight", "mlp.c_fc.bias",
+              "mlp.c_proj.weight", "mlp.c_proj.bias"]
+TOP_KEYS = ["conv1.weight", "positional_embedding", "ln_pre.weight", "ln_pre.bias", "ln_post.weight",
+            "ln_post.bias", "proj", "attn_pool.query", "attn_pool.pos_embed", "attn_pool.kv_proj.weight",
+            "attn_pool.attn.in_proj_weight", "attn_pool.attn.in_proj_bias", "attn_pool.attn.out_proj.weight",
+            "attn_pool.attn.out_proj.bias", "attn_pool.ln_q.weight", "attn_pool.ln_q.bias",
+            "attn_pool.ln_kv.weight", "attn_pool.ln_kv.bias"]
+
+
+def qwen_visual_keys(layers: int) -> set[str]:
+    return set(TOP_KEYS) | {f"transformer.resblocks.{i}.{key}" for i in range(layers) for key in BLOCK_KEYS}
+
+
+def test_vit_g_parameter_count_on_meta():
+    with torch.device("meta"):
+        model = QwenViT.from_config(QWEN_VL_CHAT_VISUAL)
+    assert sum(p.numel() for p in model.parameters()) == 1_935_610_624
+    assert set(model.state_dict()) == qwen_visual_keys(48)
+
+
+def test_output_shape_and_missing_config_key():
+    model = QwenViT.from_config(TINY_VISUAL)
+    assert model(torch.randn(2, 3, 56, 56)).shape == (2, 256, 128)
+    with pytest.raises(KeyError, match="width"):
+        QwenViT.from_config({k: v for k, v in TINY_VISUAL.items() if k != "width"})
+
+
+def fake_qwen_checkpoint(folder, fmt: str) -> dict[str, torch.Tensor]:
+    """A Qwen-VL-Chat-shaped folder: config.json with the tiny `visual` section, the visual weights under
+    their real names next to some language-model weights, in two shards with an index."""
+    folder.mkdir(parents=True)
+    (folder / "config.json").write_text(json.dumps({"model_type": "qwen", "visual": TINY_VISUAL}))
+    torch.manual_seed(0)
+    visual = {f"transformer.visual.{k}": v.clone() for k, v in QwenViT.from_config(TINY_VISUAL).state_dict().items()}
+    assert {k[len("transformer.visual."):] for k in visual} == qwen_visual_keys(2)
+    lm = {"transformer.wte.weight": torch.randn(10, 8), "lm_head.weight": torch.randn(10, 8)}
+    keys = sorted(visual)
+    shards = [dict(lm, **{k: visual[k] for k in keys[:10]}), {k: visual[k] for k in keys[10:]}]
+    weight_map = {}
+    for i, shard in enumerate(shards):
+        name = f"model-0000{i + 1}-of-00002." + ("safetensors" if fmt == "safetensors" else "bin")
+        if fmt == "safetensors":
+            save_file(shard, str(folder / name))
+        else:
+            torch.save(shard, folder / name)
+        weight_map.update({key: name for key in shard})
+    index = "model.safetensors.index.json" if fmt == "safetensors" else "pytorch_model.bin.index.json"
+    (folder / index).write_text(json.dumps({"metadata": {}, "weight_map": weight_map}))
+    return visual
+
+
+@pytest.mark.parametrize("fmt", ["safetensors", "bin"])
+def test_extract_from_sharded_checkpoint(tmp_path, fmt):
+    visual = fake_qwen_checkpoint(tmp_path / "Qwen-VL-Chat", fmt)
+    out = tmp_path / "qwen_vit.safetensors"
+    reload_qwen_vit.main(["--src", str(tmp_path / "Qwen-VL-Chat"), "--out", str(out)])
+    model = reload_qwen_vit.load_qwen_vit(out)
+    for key, value in model.state_dict().items():
+        assert torch.equal(value, visual[f"transformer.visual.{key}"]), key
+    assert not any(p.requires_grad for p in model.parameters())
+    reference = QwenViT.from_config(TINY_VISUAL)
+    reference.load_state_dict({k[len("transformer.visual."):]: v for k, v in visual.items()}, strict=True)
+    pixels = torch.randn(1, 3, 56, 56)
+    assert torch.allclose(model(pixels), reference(pixels))
+
+
+def test_folder_without_visual_weights_is_named(tmp_path):
+    src = tmp_path / "llm-only"
+    src.mkdir()
+    (src / "config.json").write_text(json.dumps({"visual": TINY_VISUAL}))
+    save_file({"transformer.wte.weight": torch.zeros(2, 2)}, str(src / "model.safetensors"))
+    with pytest.raises(KeyError, match="llm-only.*no transformer.visual"):
+        reload_qwen_vit.main(["--src", str(src), "--out", str(tmp_path / "x.safetensors")])
+
+
+def test_missing_visual_key_is_named(tmp_path):
+    src = tmp_path / "broken"
+    visual = fake_qwen_checkpoint(src, "safetensors")
+    index = json.loads((src / "model.safetensors.index.json").read_text())
+    del index["weight_map"]["transformer.visual.ln_post.bias"]
+    (src / "model.safetensors.index.json").write_text(json.dumps(index))
+    assert "transformer.visual.ln_post.bias" in visual
+    with pytest.raises(KeyError, match=r"1 missing keys \['ln_post.bias'\]"):
+        reload_qwen_vit.extract(src, tmp_path / "x.safetensors")
+    assert not (tmp_path / "x.safetensors").exists()
