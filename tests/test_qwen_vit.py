@@ -7,7 +7,7 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from src.models.qwen_vit import QwenViT
+from src.models.qwen_vit import QwenViT, load_qwen_vit
 from src.tools import reload_qwen_vit
 
 # The `visual` section of Qwen-VL-Chat's config.json.
@@ -73,7 +73,7 @@ def test_extract_from_sharded_checkpoint(tmp_path, fmt):
     visual = fake_qwen_checkpoint(tmp_path / "Qwen-VL-Chat", fmt)
     out = tmp_path / "qwen_vit.safetensors"
     reload_qwen_vit.main(["--src", str(tmp_path / "Qwen-VL-Chat"), "--out", str(out)])
-    model = reload_qwen_vit.load_qwen_vit(out)
+    model = load_qwen_vit(out)
     for key, value in model.state_dict().items():
         assert torch.equal(value, visual[f"transformer.visual.{key}"]), key
     assert not any(p.requires_grad for p in model.parameters())
@@ -102,3 +102,24 @@ def test_missing_visual_key_is_named(tmp_path):
     with pytest.raises(KeyError, match=r"1 missing keys \['ln_post.bias'\]"):
         reload_qwen_vit.extract(src, tmp_path / "x.safetensors")
     assert not (tmp_path / "x.safetensors").exists()
+
+
+def test_tokenizer_factory_qwen_and_hf(tmp_path):
+    from transformers import CLIPVisionConfig, CLIPVisionModel
+
+    from src.models.visual_tokenizer import build_visual_tokenizer
+
+    fake_qwen_checkpoint(tmp_path / "Qwen-VL-Chat", "safetensors")
+    reload_qwen_vit.extract(tmp_path / "Qwen-VL-Chat", tmp_path / "qwen.safetensors")
+    qwen = build_visual_tokenizer("qwen_vit", str(tmp_path / "qwen.safetensors"))
+    frames = torch.rand(2, 3, 64, 64) * 2 - 1  # frames at the VAE's size and range; the tokenizer resizes
+    assert qwen(frames).shape == (2, 256, 128)
+
+    CLIPVisionModel(CLIPVisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                                     num_attention_heads=2, image_size=32, patch_size=8)).save_pretrained(tmp_path / "clip")
+    clip = build_visual_tokenizer("hf", str(tmp_path / "clip"))
+    clip.train()
+    assert not clip.training and not any(p.requires_grad for p in clip.parameters())
+    assert clip(frames).shape == (2, 17, 32)  # 16 patches + CLS
+    with pytest.raises(ValueError, match="kind 'vq'"):
+        build_visual_tokenizer("vq", "x")

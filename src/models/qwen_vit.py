@@ -16,13 +16,17 @@ Shapes: B batch, P patches (grid**2), W width, Q queries (256), D output width.
 """
 from __future__ import annotations
 
+import json
 import math
 from collections import OrderedDict
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from safetensors import safe_open
 from torch import nn
 
+from src.models.loading import load_strict
 from src.models.resamplers import QwenAttnPool, resize_positions
 
 # Keys of Qwen-VL's `visual` config section that describe the architecture; others (image_start_id,
@@ -33,6 +37,8 @@ CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 NORM_EPS = 1e-6
 # Qwen-VL's learned patch positions: a fixed 16x16 table, bicubically resized to the patch grid.
 POS_TABLE_SIZE = 256
+# Metadata key under which src.tools.reload_qwen_vit stores the `visual` config in its safetensors file.
+CONFIG_METADATA_KEY = "qwen_visual_config"
 
 
 class VisualAttention(nn.Module):
@@ -113,3 +119,19 @@ class QwenViT(nn.Module):
         x = self.ln_pre(x + resize_positions(self.positional_embedding, x.shape[1]))
         x = self.attn_pool(self.transformer(x))
         return self.ln_post(x) @ self.proj
+
+
+def load_qwen_vit(path: str | Path) -> QwenViT:
+    """The frozen tokenizer from a file written by src.tools.reload_qwen_vit (config in its metadata)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: not found; extract it with python -m src.tools.reload_qwen_vit")
+    with safe_open(str(path), framework="pt") as handle:
+        metadata = handle.metadata() or {}
+        if CONFIG_METADATA_KEY not in metadata:
+            raise KeyError(f"{path}: no `{CONFIG_METADATA_KEY}` metadata; not written by reload_qwen_vit")
+        state = {key: handle.get_tensor(key) for key in handle.keys()}
+    with torch.device("meta"):
+        model = QwenViT.from_config(json.loads(metadata[CONFIG_METADATA_KEY]))
+    load_strict(model, state, str(path), assign=True)
+    return model.eval().requires_grad_(False)

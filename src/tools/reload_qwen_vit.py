@@ -18,10 +18,10 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from src.models.qwen_vit import QwenViT
+from src.models.loading import load_strict
+from src.models.qwen_vit import CONFIG_METADATA_KEY, QwenViT
 
 PREFIX = "transformer.visual."
-CONFIG_METADATA_KEY = "qwen_visual_config"
 # Hugging Face checkpoint layouts, in the order they are tried.
 INDEX_FILES = ("model.safetensors.index.json", "pytorch_model.bin.index.json")
 SINGLE_FILES = ("model.safetensors", "pytorch_model.bin")
@@ -90,45 +90,18 @@ def read_visual_weights(src: Path) -> dict[str, torch.Tensor]:
     return state
 
 
-def check_keys(model: torch.nn.Module, state: dict, source: str) -> None:
-    """Strict key check with an error that names the keys (load_state_dict's would be a wall of text)."""
-    expected = set(model.state_dict())
-    missing, unexpected = sorted(expected - set(state)), sorted(set(state) - expected)
-    if missing or unexpected:
-        raise KeyError(f"{source}: {len(missing)} missing keys {missing[:5]}, "
-                       f"{len(unexpected)} unexpected keys {unexpected[:5]}")
-
-
 def extract(src: Path, out: Path) -> QwenViT:
     visual = read_visual_config(src)
     state = read_visual_weights(src)
     with torch.device("meta"):
         model = QwenViT.from_config(visual)
-    check_keys(model, state, f"{src} ({PREFIX}*)")
-    model.load_state_dict(state, strict=True, assign=True)  # also checks every shape
+    load_strict(model, state, f"{src} ({PREFIX}*)", assign=True)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(out.name + ".tmp")
     save_file({key: value.contiguous() for key, value in state.items()}, str(tmp),
               metadata={CONFIG_METADATA_KEY: json.dumps({key: visual[key] for key in visual})})
     os.replace(tmp, out)
     return model
-
-
-def load_qwen_vit(path: str | Path) -> QwenViT:
-    """Rebuild the frozen tokenizer from a file written by `extract` (config from its metadata)."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: not found; extract it with python -m src.tools.reload_qwen_vit")
-    with safe_open(str(path), framework="pt") as handle:
-        metadata = handle.metadata() or {}
-        if CONFIG_METADATA_KEY not in metadata:
-            raise KeyError(f"{path}: no `{CONFIG_METADATA_KEY}` metadata; not written by reload_qwen_vit")
-        state = {key: handle.get_tensor(key) for key in handle.keys()}
-    with torch.device("meta"):
-        model = QwenViT.from_config(json.loads(metadata[CONFIG_METADATA_KEY]))
-    check_keys(model, state, str(path))
-    model.load_state_dict(state, strict=True, assign=True)
-    return model.eval().requires_grad_(False)
 
 
 def main(argv: list[str] | None = None) -> None:
