@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -10,9 +11,9 @@ from safetensors.torch import save_file
 from src.models.qwen_vit import QwenViT, load_qwen_vit
 from src.tools import reload_qwen_vit
 
-# The `visual` section of Qwen-VL-Chat's config.json.
-QWEN_VL_CHAT_VISUAL = {"heads": 16, "image_size": 448, "image_start_id": 151857, "layers": 48,
-                       "mlp_ratio": 4.9231, "output_dim": 4096, "patch_size": 14, "width": 1664}
+# The `visual` section of Qwen-VL-Chat's own config.json (a config-only copy).
+QWEN_VL_CHAT_VISUAL = json.loads(
+    (Path(__file__).parent / "assets" / "config_only" / "Qwen-VL-Chat" / "config.json").read_text())["visual"]
 TINY_VISUAL = {"heads": 2, "image_size": 56, "image_start_id": 151857, "layers": 2, "mlp_ratio": 2.0,
                "output_dim": 128, "patch_size": 14, "width": 32}
 # Qwen-VL-Chat's checkpoint key names for the visual tower (written out, not derived from our module).
