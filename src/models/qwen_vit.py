@@ -108,11 +108,12 @@ class QwenViT(nn.Module):
 
     @classmethod
     def from_config(cls, visual: dict) -> "QwenViT":
-        """Build from the `visual` section of Qwen-VL's config.json (a missing key is an error naming it)."""
+        """Build from the `visual` section of Qwen-VL's config.json (a missing key is an error naming it).
+        `n_queries` is optional (Qwen-VL fixes 256; smaller tokenizers for toy runs set it)."""
         missing = [key for key in ARCH_KEYS if key not in visual]
         if missing:
             raise KeyError(f"Qwen-VL visual config lacks {missing} (has {sorted(visual)})")
-        return cls(**{key: visual[key] for key in ARCH_KEYS})
+        return cls(**{key: visual[key] for key in ARCH_KEYS}, n_queries=visual.get("n_queries", 256))
 
     def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
         x = self.conv1(pixel_values.to(self.proj.dtype)).flatten(2).transpose(1, 2)  # [B,P,W]

@@ -42,7 +42,16 @@ class VisualTokenizer(nn.Module):
 
     @torch.no_grad()
     def forward(self, frames: torch.Tensor) -> torch.Tensor:
-        pixels = self.preprocess(frames).to(next(self.tower.parameters()).dtype)
+        return self.encode_pixels(self.preprocess(frames))
+
+    @torch.no_grad()
+    def empty_features(self, batch: int) -> torch.Tensor:
+        """Features of an "empty" image, all zeros after normalisation: SEED-Story's negative condition
+        for classifier-free guidance (teardown §4) and this framework's dropped condition in training."""
+        return self.encode_pixels(torch.zeros(batch, 3, self.image_size, self.image_size, device=self.mean.device))
+
+    def encode_pixels(self, pixels: torch.Tensor) -> torch.Tensor:
+        pixels = pixels.to(next(self.tower.parameters()).dtype)
         if self.kind == "hf":
             return self.tower(pixel_values=pixels).last_hidden_state
         if self.kind == "open_clip":
