@@ -12,14 +12,13 @@ Shapes: B batch, L feature tokens (256), E feature width (4096), Q latents (64),
 """
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import torch
 from diffusers import UNet2DConditionModel
 from torch import nn
 
-from src.models.loading import load_strict
+from src.models.loading import load_strict, read_weights_file
 from src.models.resamplers import ResamplerXL
 
 TRAINABLE_UNET = ("full", "to_kv", "none")
@@ -96,16 +95,8 @@ class Detokenizer(nn.Module):
 
 def load_detokenizer(unet: UNet2DConditionModel, path: str | Path) -> Detokenizer:
     """A Detokenizer around `unet` with the weights (UNet and resampler) of a converted file, strictly."""
-    from safetensors import safe_open
-
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: de-tokenizer weights not found (see src.tools.convert_seed_detokenizer)")
-    with safe_open(str(path), framework="pt") as handle:
-        metadata = handle.metadata() or {}
-        if RESAMPLER_METADATA_KEY not in metadata:
-            raise KeyError(f"{path}: no `{RESAMPLER_METADATA_KEY}` metadata; not a converted de-tokenizer file")
-        state = {key: handle.get_tensor(key) for key in handle.keys()}
-    model = Detokenizer(unet, ResamplerXL(**json.loads(metadata[RESAMPLER_METADATA_KEY])))
+    state, resampler_config = read_weights_file(path, RESAMPLER_METADATA_KEY,
+                                                "convert one with python -m src.tools.convert_seed_detokenizer")
+    model = Detokenizer(unet, ResamplerXL(**resampler_config))
     load_strict(model, state, str(path))
     return model

@@ -21,3 +21,36 @@ def load_strict(model: nn.Module, state: dict[str, torch.Tensor], source: str, a
         model.load_state_dict(state, strict=True, assign=assign)
     except RuntimeError as error:  # only shape mismatches remain; keep the first line, name the source
         raise ValueError(f"{source}: {str(error).splitlines()[1].strip()}") from None
+
+
+def read_weights_file(path, metadata_key: str, hint: str) -> tuple[dict[str, torch.Tensor], dict]:
+    """(state dict, json-decoded metadata[metadata_key]) of a safetensors file written by
+    `write_weights_file`; a missing file or key is an error naming the file and `hint` (how to make it)."""
+    import json
+    from pathlib import Path
+
+    from safetensors import safe_open
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: not found; {hint}")
+    with safe_open(str(path), framework="pt") as handle:
+        metadata = handle.metadata() or {}
+        if metadata_key not in metadata:
+            raise KeyError(f"{path}: no `{metadata_key}` metadata; {hint}")
+        state = {key: handle.get_tensor(key) for key in handle.keys()}
+    return state, json.loads(metadata[metadata_key])
+
+
+def write_weights_file(state: dict[str, torch.Tensor], path, metadata: dict[str, str]) -> None:
+    """Atomically (temporary file, then rename) write `state` with string `metadata` as safetensors."""
+    import os
+    from pathlib import Path
+
+    from safetensors.torch import save_file
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    save_file({key: value.contiguous() for key, value in state.items()}, str(tmp), metadata=metadata)
+    os.replace(tmp, path)

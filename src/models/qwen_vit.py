@@ -16,17 +16,15 @@ Shapes: B batch, P patches (grid**2), W width, Q queries (256), D output width.
 """
 from __future__ import annotations
 
-import json
 import math
 from collections import OrderedDict
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from safetensors import safe_open
 from torch import nn
 
-from src.models.loading import load_strict
+from src.models.loading import load_strict, read_weights_file
 from src.models.resamplers import QwenAttnPool, resize_positions
 
 # Keys of Qwen-VL's `visual` config section that describe the architecture; others (image_start_id,
@@ -124,15 +122,9 @@ class QwenViT(nn.Module):
 
 def load_qwen_vit(path: str | Path) -> QwenViT:
     """The frozen tokenizer from a file written by src.tools.reload_qwen_vit (config in its metadata)."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: not found; extract it with python -m src.tools.reload_qwen_vit")
-    with safe_open(str(path), framework="pt") as handle:
-        metadata = handle.metadata() or {}
-        if CONFIG_METADATA_KEY not in metadata:
-            raise KeyError(f"{path}: no `{CONFIG_METADATA_KEY}` metadata; not written by reload_qwen_vit")
-        state = {key: handle.get_tensor(key) for key in handle.keys()}
+    state, visual = read_weights_file(path, CONFIG_METADATA_KEY,
+                                      "extract it with python -m src.tools.reload_qwen_vit")
     with torch.device("meta"):
-        model = QwenViT.from_config(json.loads(metadata[CONFIG_METADATA_KEY]))
+        model = QwenViT.from_config(visual)
     load_strict(model, state, str(path), assign=True)
     return model.eval().requires_grad_(False)

@@ -16,16 +16,15 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import re
 from pathlib import Path
 
 import torch
 from diffusers import UNet2DConditionModel
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 
 from src.models.detokenizer import RESAMPLER_METADATA_KEY, Detokenizer
-from src.models.loading import load_strict
+from src.models.loading import load_strict, write_weights_file
 from src.models.resamplers import ResamplerXL
 
 # Released ResamplerXLV2 name (after `resampler.`) -> ours (after `resampler.`). {i} is a layer index.
@@ -103,11 +102,7 @@ def convert(src: Path, sdxl: Path, out: Path, heads: int = RELEASED_HEADS) -> De
         unet = UNet2DConditionModel.from_config(UNet2DConditionModel.load_config(str(unet_config.parent)))
         model = Detokenizer(unet, ResamplerXL(**config))
     load_strict(model, state, str(src), assign=True)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(out.name + ".tmp")
-    save_file({k: v.contiguous() for k, v in state.items()}, str(tmp),
-              metadata={RESAMPLER_METADATA_KEY: json.dumps(config), "source": str(src)})
-    os.replace(tmp, out)
+    write_weights_file(state, out, {RESAMPLER_METADATA_KEY: json.dumps(config), "source": str(src)})
     return model
 
 

@@ -11,14 +11,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 from pathlib import Path
 
 import torch
 from safetensors import safe_open
-from safetensors.torch import save_file
 
-from src.models.loading import load_strict
+from src.models.loading import load_strict, write_weights_file
 from src.models.qwen_vit import CONFIG_METADATA_KEY, QwenViT
 
 PREFIX = "transformer.visual."
@@ -96,11 +94,7 @@ def extract(src: Path, out: Path) -> QwenViT:
     with torch.device("meta"):
         model = QwenViT.from_config(visual)
     load_strict(model, state, f"{src} ({PREFIX}*)", assign=True)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(out.name + ".tmp")
-    save_file({key: value.contiguous() for key, value in state.items()}, str(tmp),
-              metadata={CONFIG_METADATA_KEY: json.dumps({key: visual[key] for key in visual})})
-    os.replace(tmp, out)
+    write_weights_file(state, out, {CONFIG_METADATA_KEY: json.dumps(visual)})
     return model
 
 

@@ -26,9 +26,9 @@ import torch
 import torch.nn.functional as F
 from diffusers import EulerDiscreteScheduler, UNet2DConditionModel
 from filelock import FileLock
-from safetensors.torch import save_file
 
 from src.data.datasets import FrameDataset
+from src.models.loading import write_weights_file
 from src.models.qwen_vit import CONFIG_METADATA_KEY, QwenViT, load_qwen_vit
 from src.models.visual_tokenizer import CLIP_MEAN, CLIP_STD, VisualTokenizer
 from src.tools.tiny_stack import SD_FOLDER, ensure_tiny_stack
@@ -156,8 +156,7 @@ def train_tiny_vit(data_root: Path, frame_size: int, steps: int | None = None) -
 
 def save_vit(vit: QwenViT, visual: dict, path: Path) -> None:
     """In src.tools.reload_qwen_vit's format, so `qwen_vit` tokenizer configs load it like the real one."""
-    save_file({k: v.contiguous() for k, v in vit.state_dict().items()}, str(path),
-              metadata={CONFIG_METADATA_KEY: json.dumps(visual)})
+    write_weights_file(vit.state_dict(), path, {CONFIG_METADATA_KEY: json.dumps(visual)})
 
 
 # ---- build on first use -----------------------------------------------------------------------------------
