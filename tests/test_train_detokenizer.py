@@ -64,15 +64,27 @@ def test_loss_falls_and_reconstructions_are_written(detok_overrides):
     assert json.loads((samples / "generation.json").read_text())["task"] == "detokenizer"
 
 
-def test_to_kv_mode_trains_only_resampler_and_attention_kv(detok_overrides):
+def test_to_kv_mode_and_reconstruction_through_generate(detok_overrides, tmp_path):
+    from src.generate import main as generate
     from src.train import main
 
     overrides = detok_overrides + ["run_name=kv", "train.max_steps=1", "train.checkpoint_every=1",
                                    "model.train_unet=to_kv", "model.normalize=released"]
     assert main(["--config", RECIPE, *overrides]) == 0
-    weights = load_file(str(run_dir(overrides, "kv") / "checkpoints" / "step_000001" / "trainable.safetensors"))
+    folder = run_dir(overrides, "kv")
+    weights = load_file(str(folder / "checkpoints" / "step_000001" / "trainable.safetensors"))
     unet_keys = [k for k in weights if k.startswith("detokenizer.unet.")]
     assert unet_keys and all(k.split(".")[-2] in ("to_k", "to_v") for k in unet_keys)
+    # The reconstruction entry: a split's frames encoded and drawn back into the generated-story layout.
+    args = ["--checkpoint", str(folder), "--split", "test", "--num-stories", "1", "sample.num_inference_steps=2"]
+    assert generate([*args, "--out", str(tmp_path / "a")]) == 0
+    assert generate([*args, "--out", str(tmp_path / "b")]) == 0
+    line = json.loads((tmp_path / "a" / "stories.jsonl").read_text())
+    assert len(line["images"]) == 4 and line["characters"] and line["backgrounds"]
+    for image in line["images"]:  # deterministic: the same seed draws the same frames
+        assert (tmp_path / "a" / image).read_bytes() == (tmp_path / "b" / image).read_bytes()
+    info = json.loads((tmp_path / "a" / "generation.json").read_text())
+    assert info["split"] == "test" and info["checkpoint"].endswith("step_000001")
 
 
 def test_resumed_run_matches_an_uninterrupted_one(detok_overrides):
