@@ -124,3 +124,57 @@ def test_tokenizer_factory_qwen_and_hf(tmp_path):
     assert clip(frames).shape == (2, 17, 32)  # 16 patches + CLS
     with pytest.raises(ValueError, match="kind 'vq'"):
         build_visual_tokenizer("vq", "x")
+
+
+def qwen_reference_forward(sd: dict, pixels: torch.Tensor, heads: int) -> torch.Tensor:
+    """Qwen-VL's visual forward written out from its visual.py, sequence-first as there, reading the
+    weights by their checkpoint names (an independent path to compare the module against)."""
+    import math
+
+    import torch.nn.functional as F
+
+    def abs_pos(pos, length):  # get_abs_pos: bicubic resize of a square table
+        src, tgt = int(math.sqrt(pos.shape[0])), int(math.sqrt(length))
+        grid = pos.float().reshape(1, src, src, -1).permute(0, 3, 1, 2)
+        return F.interpolate(grid, size=(tgt, tgt), mode="bicubic", align_corners=False).permute(0, 2, 3, 1).flatten(0, 2)
+
+    ln = lambda t, p: F.layer_norm(t, t.shape[-1:], sd[p + ".weight"], sd[p + ".bias"], eps=1e-6)  # noqa: E731
+    x = F.conv2d(pixels, sd["conv1.weight"], stride=sd["conv1.weight"].shape[-1])
+    x = x.reshape(x.shape[0], x.shape[1], -1).permute(0, 2, 1)
+    x = ln(x + abs_pos(sd["positional_embedding"], x.shape[1]), "ln_pre").permute(1, 0, 2)  # [L,B,W]
+    length, batch, width = x.shape
+    head_dim = width // heads
+    i = 0
+    while f"transformer.resblocks.{i}.ln_1.weight" in sd:
+        p = f"transformer.resblocks.{i}."
+        mixed = F.linear(ln(x, p + "ln_1"), sd[p + "attn.in_proj.weight"], sd[p + "attn.in_proj.bias"])
+        q, k, v = mixed.view(length, batch, heads, 3 * head_dim).split(head_dim, dim=-1)
+        q, k, v = (t.reshape(length, batch * heads, head_dim).transpose(0, 1) for t in (q, k, v))
+        probs = torch.bmm(q / math.sqrt(head_dim), k.transpose(-2, -1)).softmax(-1)
+        ctx = torch.bmm(probs, v).view(batch, heads, length, head_dim).permute(2, 0, 1, 3).reshape(length, batch, width)
+        x = x + F.linear(ctx, sd[p + "attn.out_proj.weight"], sd[p + "attn.out_proj.bias"])
+        hidden = F.gelu(F.linear(ln(x, p + "ln_2"), sd[p + "mlp.c_fc.weight"], sd[p + "mlp.c_fc.bias"]))
+        x = x + F.linear(hidden, sd[p + "mlp.c_proj.weight"], sd[p + "mlp.c_proj.bias"])
+        i += 1
+    kv = ln(F.linear(x.permute(1, 0, 2), sd["attn_pool.kv_proj.weight"]), "attn_pool.ln_kv").permute(1, 0, 2)
+    query = ln(sd["attn_pool.query"], "attn_pool.ln_q").unsqueeze(1).repeat(1, batch, 1)
+    dim = query.shape[-1]
+    out = F.multi_head_attention_forward(
+        query + sd["attn_pool.pos_embed"].unsqueeze(1), kv + abs_pos(sd["attn_pool.pos_embed"], length).unsqueeze(1),
+        kv, dim, dim // 128, sd["attn_pool.attn.in_proj_weight"], sd["attn_pool.attn.in_proj_bias"], None, None,
+        False, 0.0, sd["attn_pool.attn.out_proj.weight"], sd["attn_pool.attn.out_proj.bias"], training=False,
+        need_weights=False)[0].permute(1, 0, 2)
+    return ln(out, "ln_post") @ sd["proj"]
+
+
+def test_forward_matches_qwen_vl_reference():
+    torch.manual_seed(0)
+    model = QwenViT.from_config(dict(TINY_VISUAL, output_dim=256))  # 2 pool heads: exercises the head split
+    pixels = torch.randn(2, 3, 56, 56)
+    reference = qwen_reference_forward(model.state_dict(), pixels, heads=TINY_VISUAL["heads"])
+    assert torch.allclose(model(pixels), reference, atol=1e-4)
+    # the fixed query positions are MAE's 2D sin-cos table (first half: column, second half: row)
+    pos = model.attn_pool.pos_embed  # [256 queries, 256]: 64 frequencies per axis
+    omega = 1 / 10000 ** (torch.arange(64) / 64.0)
+    assert torch.allclose(pos[1, :128], torch.cat([torch.sin(omega), torch.cos(omega)]), atol=1e-6)
+    assert torch.allclose(pos[16, 128:], pos[1, :128], atol=1e-6) and torch.equal(pos[16, :128], pos[0, :128])
