@@ -101,3 +101,13 @@ def test_resumed_run_matches_an_uninterrupted_one(detok_overrides):
     assert straight.keys() == resumed.keys()
     for name in straight:
         assert torch.equal(straight[name], resumed[name]), f"{name} differs after resume"
+
+
+@pytest.mark.parametrize("key,value", [("train_unet", "partial"), ("normalize", "l2")])
+def test_bad_choice_names_its_key(key, value):
+    from src.config import load_config
+    from src.tasks import build_task
+
+    cfg = load_config(RECIPE, [f"model.{key}={value}"])
+    with pytest.raises(ValueError, match=f"key 'model.{key}': '{value}'"):
+        build_task(cfg)

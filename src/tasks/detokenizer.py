@@ -26,8 +26,8 @@ from PIL import Image
 from src.data.datasets import FrameDataset, collate_frames
 from src.data.stories import read_split, resolve
 from src.data.transforms import load_frame
-from src.models.detokenizer import NUM_TIME_IDS, Detokenizer, load_detokenizer, sdxl_time_ids
-from src.models.resamplers import ResamplerXL
+from src.models.detokenizer import NUM_TIME_IDS, TRAINABLE_UNET, Detokenizer, load_detokenizer, sdxl_time_ids
+from src.models.resamplers import NORMALIZE_MODES, ResamplerXL
 from src.models.visual_tokenizer import build_visual_tokenizer
 from src.pipelines.story_sampler import frame_generator, make_scheduler, write_stories
 from src.tasks.ldm import LDMTask
@@ -79,6 +79,10 @@ class DetokenizerTask(LDMTask):
     def __init__(self, cfg):
         super(LDMTask, self).__init__(cfg)
         m = cfg.model
+        for key, value, allowed in (("train_unet", m.train_unet, TRAINABLE_UNET),
+                                    ("normalize", m.normalize, NORMALIZE_MODES)):
+            if value not in allowed:
+                raise ValueError(f"key 'model.{key}': {value!r} is not one of {', '.join(allowed)}")
         self.vae = AutoencoderKL.from_pretrained(m.pretrained, subfolder="vae").requires_grad_(False)
         self.noise_scheduler = DDPMScheduler.from_pretrained(m.pretrained, subfolder="scheduler")
         self.visual_tokenizer = build_visual_tokenizer(m.tokenizer, m.tokenizer_path, m.tokenizer_arch)
