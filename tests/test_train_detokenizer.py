@@ -111,3 +111,22 @@ def test_bad_choice_names_its_key(key, value):
     cfg = load_config(RECIPE, [f"model.{key}={value}"])
     with pytest.raises(ValueError, match=f"key 'model.{key}': '{value}'"):
         build_task(cfg)
+
+
+def test_frozen_cache_gives_the_same_loss(detok_overrides):
+    from src.config import load_config
+    from src.tasks import build_task
+
+    tasks = []
+    for cache in ("false", "true"):
+        torch.manual_seed(0)  # the same resampler initialisation for both
+        tasks.append(build_task(load_config(RECIPE, detok_overrides + [f"model.cache_frozen={cache}",
+                                                                          "model.uncond_prob=0.5"])))
+    dataset = tasks[0].train_dataset()
+    batch = tasks[0].collate([dataset[i] for i in (3, 0, 17, 5)])
+    losses = []
+    for task in tasks:
+        torch.manual_seed(1)  # the same latent sample, noise, timesteps and condition drops
+        losses.append(task.training_step(batch)["loss"])
+    assert tasks[1].frozen_cache["features"].shape[0] == len(dataset)
+    assert torch.allclose(losses[0], losses[1], rtol=1e-4), losses

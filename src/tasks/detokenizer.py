@@ -21,6 +21,7 @@ from typing import Optional
 
 import torch
 from diffusers import AutoencoderKL, DDPMScheduler, StableDiffusionXLPipeline, UNet2DConditionModel
+from diffusers.models.autoencoders.vae import DiagonalGaussianDistribution
 from PIL import Image
 
 from src.data.datasets import FrameDataset, collate_frames
@@ -51,6 +52,9 @@ class DetokenizerModelConfig:
     resampler_latents: int = 64
     resampler_ff_mult: int = 4
     uncond_prob: float = 0.1              # features replaced by the empty image's (classifier-free guidance)
+    # Encode every training frame once with the frozen tokenizer and VAE (features + latent posterior) and
+    # keep them in memory: same losses, no frozen forward passes per step. For small datasets (toy).
+    cache_frozen: bool = False
     noise_offset: float = 0.0
     snr_gamma: float = 0.0
     gradient_checkpointing: bool = False
@@ -68,6 +72,7 @@ class DetokenizerFrames(FrameDataset):
             width, height = image.size
         size = self.data.image_size
         item["time_ids"] = torch.tensor(sdxl_time_ids((height, width), (0, 0), (size, size)), dtype=torch.float32)
+        item["index"] = i  # the frame's row in the frozen-output cache
         return item
 
 
@@ -100,6 +105,7 @@ class DetokenizerTask(LDMTask):
         self.detokenizer.set_trainable(m.train_unet)
         if m.gradient_checkpointing:
             unet.enable_gradient_checkpointing()
+        self.frozen_cache: Optional[dict] = None  # cache_frozen: built at the first training step
 
     # ---- data -------------------------------------------------------------------------------------
     def train_dataset(self):
@@ -109,9 +115,8 @@ class DetokenizerTask(LDMTask):
         return collate_frames(items)
 
     # ---- training ---------------------------------------------------------------------------------
-    def condition(self, pixel_values: torch.Tensor, drop_prob: float) -> torch.Tensor:
-        """Frozen features of the frames; with probability `drop_prob` a frame's are the empty image's."""
-        features = self.visual_tokenizer(pixel_values)
+    def drop_condition(self, features: torch.Tensor, drop_prob: float) -> torch.Tensor:
+        """With probability `drop_prob` a frame's features become the empty image's."""
         if drop_prob > 0:
             drop = torch.rand(features.shape[0], device=features.device) < drop_prob
             if drop.any():
@@ -119,9 +124,33 @@ class DetokenizerTask(LDMTask):
                 features = torch.where(drop[:, None, None], empty, features)
         return features
 
+    @torch.no_grad()
+    def build_frozen_cache(self, device) -> dict:
+        """Tokenizer features and VAE posterior moments of every training frame, in dataset order."""
+        dataset, features, moments = self.train_dataset(), [], []
+        for start in range(0, len(dataset), 64):
+            frames = torch.stack([dataset[i]["pixel_values"] for i in range(start, min(start + 64, len(dataset)))])
+            frames = frames.to(device)
+            features.append(self.visual_tokenizer(frames).cpu())
+            moments.append(self.vae.encode(frames.to(self.vae.dtype)).latent_dist.parameters.cpu())
+        return {"features": torch.cat(features), "moments": torch.cat(moments)}
+
+    def frozen_outputs(self, batch) -> tuple[torch.Tensor, torch.Tensor]:
+        """(latents, features) of the batch's frames; from the cache when `model.cache_frozen` is set,
+        where the latent is drawn from the cached posterior exactly as encode_latents draws it."""
+        pixels = batch["pixel_values"]
+        if not self.cfg.model.cache_frozen:
+            return self.encode_latents(pixels), self.visual_tokenizer(pixels)
+        if self.frozen_cache is None:
+            self.frozen_cache = self.build_frozen_cache(pixels.device)
+        index = batch["index"].cpu()
+        posterior = DiagonalGaussianDistribution(self.frozen_cache["moments"][index].to(pixels.device))
+        latents = posterior.sample() * self.vae.config.scaling_factor
+        return latents, self.frozen_cache["features"][index].to(pixels.device)
+
     def training_step(self, batch):
-        latents = self.encode_latents(batch["pixel_values"])
-        features = self.condition(batch["pixel_values"], self.cfg.model.uncond_prob)
+        latents, features = self.frozen_outputs(batch)
+        features = self.drop_condition(features, self.cfg.model.uncond_prob)
         noise, timesteps, noisy_latents = self.add_training_noise(latents)
         model_pred = self.detokenizer(noisy_latents, timesteps, features, batch["time_ids"])
         target = self.diffusion_target(latents, noise, timesteps)
