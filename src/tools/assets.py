@@ -37,6 +37,10 @@ def ensure_weights(cfg) -> None:
         from src.tools.tiny_stack import ensure_tiny_stack
 
         ensure_tiny_stack(Path(cfg.tiny_stack), Path(cfg.data.root))
+        if cfg.task == "detokenizer":  # SEED-Story's tiny SDXL folder and visual tokenizer
+            from src.tools.tiny_seed import ensure_tiny_seed
+
+            ensure_tiny_seed(Path(cfg.tiny_stack), Path(cfg.data.root))
     pretrained = getattr(cfg.model, "pretrained", None)
     if pretrained is not None and not Path(pretrained).exists():
         raise FileNotFoundError(f"model.pretrained={pretrained}: folder not found. Weights are never downloaded "
