@@ -95,6 +95,7 @@ def train(cfg) -> Path:
     scheduler = get_scheduler(SCHEDULES[cfg.optim.schedule], optimizer,
                               num_warmup_steps=cfg.optim.warmup_steps, num_training_steps=cfg.train.max_steps)
     model, optimizer = accelerator.prepare(task, optimizer)
+    zero.announce(accelerator, model)
     ema = None
     if cfg.train.ema:
         ema = EMAModel(params, decay=cfg.train.ema_decay, foreach=True)

@@ -72,6 +72,14 @@ def configure(accelerator, cfg) -> None:
     ds["gradient_clipping"] = cfg.train.grad_clip
 
 
+def announce(accelerator, model) -> None:
+    """One line saying which engine and optimizer really run (tests read it)."""
+    if in_use(accelerator):
+        accelerator.print(f"DeepSpeed ZeRO-{stage(accelerator)}: {type(model).__name__} with "
+                          f"{type(model.optimizer).__name__}, {accelerator.num_processes} processes on "
+                          f"{accelerator.device.type}")
+
+
 @contextmanager
 def whole_models(accelerator):
     """Build the task's models whole, on every process; DeepSpeed partitions them when they are prepared.
