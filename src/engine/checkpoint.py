@@ -1,9 +1,11 @@
 """Checkpoints: atomic, keep-last-K, exact resume.
 
 Layout of `<run>/checkpoints/step_000500/`:
-  trainable.safetensors   the parameters with requires_grad, by name (all that generation needs)
+  trainable.safetensors   the parameters with requires_grad, by name (all that generation needs); under
+                          DeepSpeed the full fp32 masters, gathered from every process's shard
   ema.safetensors         the EMA copy of the same, when EMA is on
-  optimizer.pt scheduler.pt  optimizer and LR-schedule state
+  optimizer.pt scheduler.pt  optimizer and LR-schedule state (optimizer.pt is empty under DeepSpeed)
+  deepspeed/              under DeepSpeed: its own sharded checkpoint (trainable weights and optimizer)
   rng_state_<rank>.pt     python/numpy/torch(/cuda) generators of every process
   trainer_state.json      step, EMA counters, world size; written last
 
