@@ -150,8 +150,10 @@ class CharLDMTask(LDMTask):
         m = self.cfg.model
         batch_size, num_slots = slots.shape
         embeds = torch.zeros(batch_size, num_slots, self.image_encoder.embed_dim, device=slots.device)
-        if not slots.any():
-            return embeds
+        if not slots.any():  # one blank reference, weighted 0: the same modules run on every step and
+            # process (DDP needs every trainable weight in the graph; ZeRO-3 gathers weights module by module)
+            size = self.image_encoder.image_size
+            return embeds + self.image_encoder(embeds.new_zeros(1, 3, size, size)).sum() * 0.0
         aug = m.reference_augment
         refs = augment_references(batch["ref_pixels"][slots], batch["ref_masks"][slots], rotate=aug.rotate,
                                   scale=tuple(aug.scale), translate=aug.translate, flip=aug.flip,
@@ -206,10 +208,7 @@ class CharLDMTask(LDMTask):
             model_pred, target = model_pred * union, target * union
         mse = self.diffusion_loss(model_pred, target, timesteps)
         attention = attention_control_loss(maps, char_masks, attend) if record else mse.new_zeros(())
-        # Zero-weighted: keeps every trainable parameter in the graph when no frame was fused (DDP).
-        idle = sum(p.sum() for p in self.fuse.parameters()) * 0.0 + sum(
-            p.sum() for p in self.image_encoder.parameters() if p.requires_grad) * 0.0
-        loss = mse + m.attention_loss_weight * attention + idle
+        loss = mse + m.attention_loss_weight * attention
         return {"loss": loss, "mse": mse.detach(), "attention": attention.detach()}
 
     # ---- sampling ---------------------------------------------------------------------------------
