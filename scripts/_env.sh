@@ -14,19 +14,24 @@ ensure_venv() {  # ensure_venv REQUIREMENTS_FILE...
     echo "error: StoryViz needs Python >= 3.10 ('$python' is $("$python" --version 2>&1))" >&2
     exit 1
   fi
-  local stamp="$VENV/.requirements.sha256" want
-  want="$(cat "$@" | sha256sum | cut -d' ' -f1)"
+  # One stamp per requirements file, named by the hash of its content: the demo (requirements.txt) and the
+  # tests (requirements.txt + requirements-dev.txt) then never re-install after each other.
+  local stamps="$VENV/.requirements" file todo=()
   if [ ! -x "$VENV/bin/python" ]; then
     echo "creating the virtual environment in $VENV ..."
     "$python" -m venv "$VENV"
   fi
-  if [ "$(cat "$stamp" 2>/dev/null || true)" != "$want" ]; then
-    echo "installing $* into $VENV (once; a few minutes) ..."
+  for file in "$@"; do
+    [ -f "$stamps/$(sha256sum "$file" | cut -d' ' -f1)" ] || todo+=("$file")
+  done
+  if [ ${#todo[@]} -gt 0 ]; then
+    echo "installing ${todo[*]} into $VENV (once; a few minutes) ..."
     "$VENV/bin/python" -m pip install -q --upgrade pip
     local args=()
-    for file in "$@"; do args+=(-r "$file"); done
+    for file in "${todo[@]}"; do args+=(-r "$file"); done
     "$VENV/bin/python" -m pip install -q "${args[@]}"
-    echo "$want" > "$stamp"
+    mkdir -p "$stamps"
+    for file in "${todo[@]}"; do touch "$stamps/$(sha256sum "$file" | cut -d' ' -f1)"; done
   fi
   export PATH="$VENV/bin:$PATH"
   export VIRTUAL_ENV="$VENV"
