@@ -61,3 +61,35 @@ def test_gradient_checkpointing_gives_the_same_loss_and_grads_and_records_the_ma
     assert {n.split(".")[0] for n in grads_a} == {"unet", "fuse", "image_encoder"}
     for name in grads_a:
         torch.testing.assert_close(grads_b[name], grads_a[name], rtol=1e-4, atol=1e-6, msg=name)
+
+
+def test_frozen_parts_are_held_in_the_compute_dtype_and_the_step_matches_fp32(char_ldm_overrides):
+    task = build(char_ldm_overrides + ["model.mask_loss_prob=0.0"])
+    batch = one_batch(task)
+
+    def step(seed=5):
+        torch.manual_seed(seed)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            return {k: float(v.detach()) for k, v in task(batch).items()}
+
+    reference = step()
+    task.hold_frozen_in(torch.bfloat16)
+    for name, param in task.named_parameters():
+        expected = torch.float32 if param.requires_grad else torch.bfloat16
+        assert param.dtype == expected, f"{name}: {param.dtype}"
+    groups = {name.split(".")[0]: [] for name, _ in task.named_parameters()}
+    for name, param in task.named_parameters():
+        groups[name.split(".")[0]].append(param.dtype)
+    assert set(groups["vae"]) == set(groups["text_encoder"]) == {torch.bfloat16}
+    assert set(groups["unet"]) == set(groups["fuse"]) == {torch.float32}
+    assert set(groups["image_encoder"]) == {torch.bfloat16, torch.float32}   # frozen tower layers, trained ones
+    lowered = step()
+    assert lowered["attention"] != 0
+    for key in reference:   # autocast already ran these layers in bf16: only rounding differs
+        assert abs(lowered[key] - reference[key]) <= 0.05 * abs(reference[key]) + 1e-4, (key, lowered, reference)
+
+    held = {name: param.detach().clone() for name, param in task.named_parameters()}
+    task.hold_frozen_in(None)   # fp32 for sampling and back: the bf16 values survive the round trip exactly
+    assert all(param.dtype == torch.float32 for param in task.parameters())
+    task.hold_frozen_in(torch.bfloat16)
+    assert all(torch.equal(param, held[name]) for name, param in task.named_parameters())

@@ -26,6 +26,7 @@ from src.engine.tracking import start_trackers, tracker_backends
 from src.tasks import build_task
 from src.tools.assets import ensure_assets
 
+COMPUTE_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 SCHEDULES = {"constant": "constant_with_warmup", "cosine": "cosine"}
 
 
@@ -91,6 +92,7 @@ def train(cfg) -> Path:
 
     set_seed(cfg.train.seed)  # identical initial weights on every process
     task = build_task(cfg)
+    task.hold_frozen_in(COMPUTE_DTYPES.get(cfg.train.mixed_precision))  # frozen parts at the compute dtype
     params = [p for p in task.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=cfg.optim.lr, betas=tuple(cfg.optim.betas), eps=cfg.optim.eps,
                                   weight_decay=cfg.optim.weight_decay)

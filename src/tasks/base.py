@@ -6,6 +6,10 @@ syncs only the trainable parameters). `forward(batch)` is the training step and 
 the key "loss" is the one optimised.
 
 Checkpoints hold exactly the parameters with `requires_grad=True`, under their names in this module.
+
+Under mixed precision the engine calls `hold_frozen_in(dtype)`: the frozen parameters (VAE, text encoder,
+the frozen layers of an image tower) are then stored in the compute dtype, as diffusers' training
+scripts hold them (`weight_dtype`), while the trained ones stay fp32 masters for the optimizer.
 """
 from __future__ import annotations
 
@@ -39,6 +43,18 @@ class Task(nn.Module):
     def sample(self, out_dir: Path, split: str, num_stories: Optional[int]) -> Path:
         """Draw stories of `split` with the current weights into the generated-story layout."""
         raise NotImplementedError
+
+    # ---- precision --------------------------------------------------------------------------------
+    frozen_dtype: Optional[torch.dtype] = None   # set by hold_frozen_in; None: everything in fp32
+
+    def hold_frozen_in(self, dtype: Optional[torch.dtype]) -> None:
+        """Store every frozen floating-point parameter in `dtype` (None: back to fp32). Only for code that
+        runs under autocast (the engine's training step); a bf16 -> fp32 -> bf16 round trip is exact."""
+        target = dtype or torch.float32
+        for param in self.parameters():
+            if not param.requires_grad and param.is_floating_point() and param.dtype != target:
+                param.data = param.data.to(target)
+        self.frozen_dtype = dtype
 
     # ---- weights ----------------------------------------------------------------------------------
     def trainable_state_dict(self) -> dict[str, torch.Tensor]:

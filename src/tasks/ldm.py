@@ -75,7 +75,7 @@ class LDMTask(Task):
     @torch.no_grad()
     def encode_latents(self, pixel_values: torch.Tensor) -> torch.Tensor:
         latents = self.vae.encode(pixel_values.to(self.vae.dtype)).latent_dist.sample()
-        return latents * self.vae.config.scaling_factor
+        return latents.float() * self.vae.config.scaling_factor  # fp32 even from a bf16 VAE: noise, target
 
     def add_training_noise(self, latents: torch.Tensor):
         """(noise, timesteps, noisy_latents) for one training step (offset noise when configured)."""
@@ -140,6 +140,14 @@ class LDMTask(Task):
         stories = read_split(self.cfg.data.root, split)[1]
         if num_stories:
             stories = stories[:num_stories]
+        held = self.frozen_dtype
+        self.hold_frozen_in(None)  # sample in fp32 outside autocast, as generate does; back after
+        try:
+            return self._generate(stories, out_dir, split, seed, extra_meta)
+        finally:
+            self.hold_frozen_in(held)
+
+    def _generate(self, stories, out_dir: Path, split: str, seed: Optional[int], extra_meta: Optional[dict]) -> Path:
         s = self.cfg.sample
         pipe = self.pipeline()
         return generate_stories(
