@@ -57,6 +57,13 @@ def micro_step(accelerator, model, optimizer, params, batch: dict, grad_clip: fl
     return losses
 
 
+def make_optimizer(cfg, params: list) -> torch.optim.AdamW:
+    """AdamW over the trainable (fp32 master) parameters; `optim.fused` picks PyTorch's fused kernel
+    (one kernel for every tensor, CPU and GPU) over the per-tensor loop."""
+    return torch.optim.AdamW(params, lr=cfg.optim.lr, betas=tuple(cfg.optim.betas), eps=cfg.optim.eps,
+                             weight_decay=cfg.optim.weight_decay, fused=cfg.optim.fused or None)
+
+
 def make_accelerator(cfg, run_dir: Path) -> Accelerator:
     """Without a visible GPU, accelerate is asked for the CPU: several processes then form a gloo group."""
     # accelerate keeps the first run's mixed precision for the whole process; a second run in the same
@@ -94,8 +101,7 @@ def train(cfg) -> Path:
     task = build_task(cfg)
     task.hold_frozen_in(COMPUTE_DTYPES.get(cfg.train.mixed_precision))  # frozen parts at the compute dtype
     params = [p for p in task.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=cfg.optim.lr, betas=tuple(cfg.optim.betas), eps=cfg.optim.eps,
-                                  weight_decay=cfg.optim.weight_decay)
+    optimizer = make_optimizer(cfg, params)
     scheduler = get_scheduler(SCHEDULES[cfg.optim.schedule], optimizer,
                               num_warmup_steps=cfg.optim.warmup_steps, num_training_steps=cfg.train.max_steps)
     model, optimizer = accelerator.prepare(task, optimizer)

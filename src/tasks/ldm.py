@@ -31,6 +31,7 @@ class LDMModelConfig:
     noise_offset: float = 0.0             # offset noise (0 disables)
     snr_gamma: float = 0.0                # Min-SNR-gamma loss weighting (Hang et al. 2023); 0 disables
     gradient_checkpointing: bool = False
+    channels_last: bool = False           # UNet weights and activations in channels-last (NHWC) memory format
 
 
 def load_sd_components(path: str) -> dict:
@@ -57,6 +58,8 @@ class LDMTask(Task):
         self.text_encoder.requires_grad_(False)
         if cfg.model.gradient_checkpointing:
             self.unet.enable_gradient_checkpointing()
+        if cfg.model.channels_last:
+            self.unet.to(memory_format=torch.channels_last)
 
     # ---- data -------------------------------------------------------------------------------------
     def train_dataset(self):
