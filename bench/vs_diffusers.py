@@ -17,8 +17,9 @@ ratio to diffusers' median (samples/s, same batch).
 
 Our sides are `--ours NAME=override,override,...` (the toy recipe, configs/ldm/toy.yaml, plus the
 overrides); by default the plain LDM (`model.character_conditioning=false`) and Char-LDM with every
-loss on. `--stack sd15` runs both on the random-weight SD 1.5 folder of bench/make_random_sd15.py
-instead of the tiny stack (a GPU run: bench/gpu.sh).
+loss on. `--stack sd15` runs diffusers and our plain LDM on the random-weight SD 1.5 folder of
+bench/make_random_sd15.py instead of the tiny stack (a GPU run: bench/gpu.sh); Char-LDM at that size
+is bench.char_ldm_step's row (it builds the CLIP ViT-L/14 tower in memory).
 """
 from __future__ import annotations
 
@@ -34,22 +35,25 @@ from pathlib import Path
 
 from bench.common import REPO, machine, print_table
 
-PROGRESS = re.compile(r"(\d+)/(\d+) \[(?:(\d+):)?(\d+):(\d+)<")
+PEAK = re.compile(r"capped: peak GPU memory allocated ([\d.]+) GiB, reserved ([\d.]+) GiB")
+PROGRESS = re.compile(r"([^\n|]*?)\s*\d+%\|[^|]*\| *(\d+)/(\d+) \[(?:(\d+):)?(\d+):(\d+)<")
 DEFAULT_OURS = ["ldm=model.character_conditioning=false", "char_ldm="]
 
 
 def parse_rate(log: str, total: int, skip: int) -> float:
-    """steps/s between the first tqdm line at >= `skip` steps and the first at `total` steps."""
-    first: dict[int, float] = {}
+    """steps/s between the first tqdm line at >= `skip` steps and the first at `total` steps, on the
+    training bar: of the bars that count to `total`, the one with the most distinct counts (a weight
+    loading bar may also count to `total`, in one jump)."""
+    bars: dict[str, dict[int, int]] = {}
     for match in PROGRESS.finditer(log.replace("\r", "\n")):
-        n, of = int(match.group(1)), int(match.group(2))
-        if of != total:
-            continue
-        hours, minutes, seconds = int(match.group(3) or 0), int(match.group(4)), int(match.group(5))
-        first.setdefault(n, hours * 3600 + minutes * 60 + seconds)
+        name, n, of = match.group(1).strip(), int(match.group(2)), int(match.group(3))
+        if of == total:
+            hours, minutes, seconds = int(match.group(4) or 0), int(match.group(5)), int(match.group(6))
+            bars.setdefault(name, {}).setdefault(n, hours * 3600 + minutes * 60 + seconds)
+    first = max(bars.values(), key=len, default={})
     start = min((n for n in first if n >= skip), default=None)
     if start is None or total not in first or first[total] <= first[start]:
-        raise RuntimeError(f"no progress from step {skip} to {total} in the log (counts seen: {sorted(first)[-5:]})")
+        raise RuntimeError(f"no progress from step {skip} to {total} in the log (bars: {sorted(bars)})")
     return (total - start) / (first[total] - first[start])
 
 
@@ -95,7 +99,6 @@ def prepare(args) -> tuple[Path, list[str], Path]:
         if not (pretrained / "model_index.json").is_file():
             shutil.rmtree(pretrained, ignore_errors=True)
             save_random_sd15(pretrained, args.tiny_root)
-        assets.append(f"model.image_encoder_trainable_layers=2")
     assets.append(f"model.pretrained={pretrained}")
     imagefolder = args.work / f"imagefolder-{args.resolution}-{args.num_images}"
     if not (imagefolder / "metadata.jsonl").is_file():
@@ -125,6 +128,8 @@ def main(argv=None) -> None:
     parser.add_argument("--work", type=Path, default=REPO / "outputs/bench/vs_diffusers")
     parser.add_argument("--tiny-root", type=Path, default=REPO / "pretrained/tiny")
     parser.add_argument("--data", type=Path, default=REPO / "data/toy")
+    parser.add_argument("--memory-limit-gib", type=float, default=None,
+                        help="GPU: cap both sides' CUDA allocator (bench/capped.py) and report their peaks")
     parser.add_argument("--table", type=Path, default=None, help="also write the markdown table here")
     args = parser.parse_args(argv)
     if not args.no_diffusers and not args.diffusers_script.is_file():
@@ -132,8 +137,13 @@ def main(argv=None) -> None:
     skip = args.skip if args.skip is not None else max(1, args.steps // 5)
     if not 0 < skip < args.steps:
         parser.error("--skip must be between 1 and --steps - 1")
+    if args.stack == "sd15" and any(not spec.startswith("ldm=") for spec in args.ours or DEFAULT_OURS):
+        # our char_ldm side would need a CLIP ViT-L/14 folder; bench.char_ldm_step builds one in memory
+        print("note: --stack sd15 runs our plain LDM side only (bench.char_ldm_step has the Char-LDM row)")
     ours = []
     for spec in args.ours or DEFAULT_OURS:
+        if args.stack == "sd15" and not spec.startswith("ldm="):
+            continue
         name, sep, overrides = spec.partition("=")
         if not sep or not re.fullmatch(r"[\w.-]+", name):
             parser.error(f"--ours {spec!r}: expected NAME=override,override (overrides may be empty)")
@@ -148,6 +158,7 @@ def main(argv=None) -> None:
                          HF_HOME=str(args.work / "hf-home"))
     sides = ([] if args.no_diffusers else ["diffusers"]) + [name for name, _ in ours]
     rates: dict[str, list[float]] = {side: [] for side in sides}
+    peaks: dict[str, str] = {}
     for round_index in range(args.rounds):
         order = sides if round_index % 2 == 0 else sides[::-1]
         for side in order:
@@ -157,8 +168,13 @@ def main(argv=None) -> None:
                 command, side_env = diffusers_command(args, pretrained, imagefolder, out), diffusers_env
             else:
                 command, side_env = ours_command(args, dict(ours)[side], assets, out, side), env
+            if args.memory_limit_gib:
+                command = [command[0], "-m", "bench.capped", "--gib", str(args.memory_limit_gib), *command[1:]]
             log = run(command, side_env, args.work / f"{side}-{round_index}.log")
             rates[side].append(parse_rate(log, args.steps, skip))
+            peak = PEAK.search(log)
+            if peak:
+                peaks[side] = f"{peak.group(1)} / {peak.group(2)}"
             print(f"round {round_index + 1}/{args.rounds} {side}: {rates[side][-1]:.3f} steps/s", flush=True)
             shutil.rmtree(out, ignore_errors=True)
 
@@ -171,9 +187,12 @@ def main(argv=None) -> None:
                      "steps/s per round": " / ".join(f"{r:.2f}" for r in rates[side]),
                      "median steps/s": f"{median:.3f}", "samples/s": f"{median * args.batch:.1f}",
                      f"x {sides[0]}": f"{median / reference:.2f}"})
+        if peaks:
+            rows[-1]["peak GPU alloc / reserved (GiB)"] = peaks.get(side, "n/a")
     title = (f"{args.stack} stack, {args.resolution} px, batch {args.batch}, {args.precision}, {args.steps} steps "
              f"(rate over steps {skip}..{args.steps}), {args.workers} loader workers, {args.rounds} alternated "
-             f"rounds; {machine()}")
+             f"rounds; {machine()}" + (f"; CUDA allocator capped at {args.memory_limit_gib:g} GiB"
+                                        if args.memory_limit_gib else ""))
     print(f"\n{title}\n")
     print_table(rows, list(rows[0]))
     if args.table is not None:
