@@ -41,16 +41,9 @@ stamp() { echo "[gpu.sh $(( $(date +%s) - started )) s] $*"; }
 
 # Small toy data and tiny stack: the tokenizer (CLIP's vocabulary), frames, masks and references.
 stamp "toy data and tiny stack in $WORK"
-python - "$WORK" <<'EOF'
-import sys
-from pathlib import Path
-from src.data.toy import generate_toy_dataset
-from src.tools.tiny_stack import ensure_tiny_stack
-work = Path(sys.argv[1])
-if not (work / "toy" / "meta.json").is_file():
-    generate_toy_dataset(work / "toy", seed=0, num_train=96, num_val=8, num_test=8)
-ensure_tiny_stack(work / "tiny", work / "toy", vae_steps=60)
-EOF
+[ -f "$WORK/toy/meta.json" ] || python -m src.data.toy --out "$WORK/toy" --num-train 96 --num-val 8 --num-test 8 \
+  --num-workers "$(( $(nproc) < 8 ? $(nproc) : 8 ))"
+python -m src.tools.tiny_stack --out "$WORK/tiny" --data "$WORK/toy" --vae-steps 60 > "$WORK/tiny-stack.log"
 COMMON=(--tiny-root "$WORK/tiny" --data "$WORK/toy")
 
 {
@@ -66,7 +59,8 @@ step_rows() {  # step_rows TITLE ARGS...: bench.char_ldm_step's table into $TABL
   stamp "$title"
   if timeout 240 python -m bench.char_ldm_step --arch "$ARCH" --resolution "$RES" --batch "$BATCH" \
       --precision bf16 --memory-limit-gib "$MEM" "${COMMON[@]}" "$@" > "$log" 2>&1; then
-    { echo "## $title"; echo; grep -E '^(\||Char-LDM training step|MFU peak|batch )' "$log"; echo; } >> "$TABLE"
+    { echo "## $title"; echo; grep -E '^Char-LDM training step' "$log"; echo; grep -E '^\|' "$log"; echo
+      grep -E '^(MFU peak|batch )' "$log"; echo; } >> "$TABLE"
   else
     { echo "## $title"; echo; echo "FAILED (exit $?): see $log"; tail -5 "$log"; echo; } >> "$TABLE"
   fi
