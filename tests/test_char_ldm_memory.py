@@ -3,6 +3,8 @@ attention-control loss (same loss and gradients as without it, maps recorded onc
 held in the compute dtype under mixed precision (trained weights stay fp32)."""
 from __future__ import annotations
 
+from pathlib import Path
+
 import torch
 
 from src.data.datasets import CharacterFrameDataset
@@ -93,3 +95,15 @@ def test_frozen_parts_are_held_in_the_compute_dtype_and_the_step_matches_fp32(ch
     assert all(param.dtype == torch.float32 for param in task.parameters())
     task.hold_frozen_in(torch.bfloat16)
     assert all(torch.equal(param, held[name]) for name, param in task.named_parameters())
+
+
+def test_char_ldm_trains_with_gradient_checkpointing_through_the_entry_point(char_ldm_overrides):
+    from src.engine.tracking import read_metrics
+    from src.train import main
+
+    overrides = char_ldm_overrides + ["run_name=ckpt", "train.max_steps=3", "train.checkpoint_every=3",
+                                      "model.gradient_checkpointing=true", "sample.num_stories=1"]
+    assert main(["--config", RECIPE, *overrides]) == 0
+    root = next(o.split("=", 1)[1] for o in overrides if o.startswith("output_root="))
+    metrics = read_metrics(Path(root) / "ldm" / "toy" / "ckpt")
+    assert len(metrics) == 3 and all(m["train/attention"] != 0 for m in metrics)
