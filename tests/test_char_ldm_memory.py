@@ -7,8 +7,6 @@ from pathlib import Path
 
 import torch
 
-from src.data.datasets import CharacterFrameDataset
-
 RECIPE = "configs/ldm/toy.yaml"
 
 
