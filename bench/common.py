@@ -196,11 +196,15 @@ def sd15_components(tokenizer_source: Path, image_encoder_layers: Optional[int] 
 def prepare_training(task, cfg, lr: float = 1e-5):
     """The engine's accelerator (mixed precision, devices) around `task` and an AdamW over its
     trainable parameters: (accelerator, model, optimizer, params)."""
-    from src.engine.loop import make_accelerator
+    from src.engine.loop import COMPUTE_DTYPES, make_accelerator, make_optimizer
 
     accelerator = make_accelerator(cfg, Path(tempfile.mkdtemp()))
+    task.hold_frozen_in(COMPUTE_DTYPES.get(cfg.train.mixed_precision))  # as the engine does
     params = [p for p in task.parameters() if p.requires_grad]
-    model, optimizer = accelerator.prepare(task, torch.optim.AdamW(params, lr=lr))
+    optimizer = make_optimizer(cfg, params)
+    for group in optimizer.param_groups:
+        group["lr"] = lr
+    model, optimizer = accelerator.prepare(task, optimizer)
     return accelerator, model, optimizer, params
 
 
@@ -216,3 +220,5 @@ def add_step_arguments(parser) -> None:
     parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--gradient-checkpointing", action="store_true")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="a config override for the task and optimizer (repeatable), e.g. optim.fused=true")

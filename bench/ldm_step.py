@@ -22,13 +22,14 @@ CAPTIONS = ["Ada and Bob walked on the beach.", "She waited in the forest.", "Cl
 
 
 def bench_one(arch: str, batch_size: int, resolution: int, precision: str, steps: int, warmup: int,
-              tiny_root: Path, data_root: Path, gradient_checkpointing: bool) -> dict:
+              tiny_root: Path, data_root: Path, gradient_checkpointing: bool, overrides: list[str] = ()) -> dict:
     from src.engine.loop import micro_step
     from src.tasks.ldm import LDMTask
 
     cfg = toy_config([f"train.batch_size={batch_size}", f"train.mixed_precision={precision}",
                       f"data.image_size={resolution}",
-                      f"model.gradient_checkpointing={str(gradient_checkpointing).lower()}"], tiny_root, data_root)
+                      f"model.gradient_checkpointing={str(gradient_checkpointing).lower()}", *overrides],
+                     tiny_root, data_root)
     components = sd15_components(Path(cfg.model.pretrained)) if arch == "sd15" else None
     task = LDMTask(cfg, components)
     accelerator, model, optimizer, params = prepare_training(task, cfg)
@@ -59,7 +60,7 @@ def main(argv=None) -> None:
     resolution = args.resolution or (512 if args.arch == "sd15" else 64)
     precision = args.precision or ("bf16" if torch.cuda.is_available() else "no")
     rows = [bench_one(args.arch, b, resolution, precision, args.steps, args.warmup, args.tiny_root, args.data,
-                      args.gradient_checkpointing) for b in args.batch]
+                      args.gradient_checkpointing, args.set) for b in args.batch]
     print(f"\nLDM training step on {machine()} (median of {args.steps} steps after {args.warmup} warm-up)\n")
     print_table(rows, list(rows[0]))
 

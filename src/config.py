@@ -64,6 +64,7 @@ class OptimConfig:
     eps: float = 1e-8
     schedule: str = "constant"           # constant | cosine (after warmup)
     warmup_steps: int = 0
+    fused: bool = False                  # PyTorch's fused AdamW kernel (bench/README.md measures it)
 
 
 @dataclass

@@ -27,6 +27,7 @@ from src.engine.sampler import StepBatchSampler
 from src.engine.tracking import start_trackers, tracker_backends
 from src.tasks import build_task
 
+COMPUTE_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 SCHEDULES = {"constant": "constant_with_warmup", "cosine": "cosine"}
 
 
@@ -55,6 +56,13 @@ def micro_step(accelerator, model, optimizer, params, batch: dict, grad_clip: fl
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
     return losses
+
+
+def make_optimizer(cfg, params: list) -> torch.optim.AdamW:
+    """AdamW over the trainable (fp32 master) parameters; `optim.fused` picks PyTorch's fused kernel
+    (one kernel for every tensor, CPU and GPU) over the per-tensor loop."""
+    return torch.optim.AdamW(params, lr=cfg.optim.lr, betas=tuple(cfg.optim.betas), eps=cfg.optim.eps,
+                             weight_decay=cfg.optim.weight_decay, fused=cfg.optim.fused or None)
 
 
 def make_accelerator(cfg, run_dir: Path) -> Accelerator:
@@ -86,9 +94,10 @@ def train(cfg) -> Path:
     set_seed(cfg.train.seed)  # identical initial weights on every process
     with zero.whole_models(accelerator):
         task = build_task(cfg)
+    if not zero.in_use(accelerator):  # DeepSpeed casts the whole module to its own dtype at prepare
+        task.hold_frozen_in(COMPUTE_DTYPES.get(cfg.train.mixed_precision))  # frozen parts at the compute dtype
     params = [p for p in task.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=cfg.optim.lr, betas=tuple(cfg.optim.betas), eps=cfg.optim.eps,
-                                  weight_decay=cfg.optim.weight_decay)
+    optimizer = make_optimizer(cfg, params)
     scheduler = get_scheduler(SCHEDULES[cfg.optim.schedule], optimizer,
                               num_warmup_steps=cfg.optim.warmup_steps, num_training_steps=cfg.train.max_steps)
     model, optimizer = accelerator.prepare(task, optimizer)

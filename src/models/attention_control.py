@@ -23,22 +23,36 @@ from diffusers.models.attention_processor import AttnProcessor2_0
 
 
 class AttentionStore:
-    """Shared by the processors of one UNet. Recording is on only while `name_weights` is set."""
+    """Shared by the processors of one UNet.
+
+    `start(name_weights)` arms the processors and opens recording; `stop()` closes recording and returns
+    the maps, one per recorded layer call. The name weights stay armed after `stop()` because gradient
+    checkpointing (torch.utils.checkpoint, non-reentrant, as diffusers uses it) re-runs each
+    checkpointed block during backward, after the step's forward has ended: the re-run must compute
+    exactly what the forward computed (explicit probabilities, the same saved tensors) but must not
+    record a second copy of the maps. `clear()` disarms them (the next `start` replaces them anyway).
+    Armed processors take the explicit path only while autograd is on, so no-grad sampling stays fast.
+    """
 
     def __init__(self):
         self.name_weights: torch.Tensor | None = None
+        self.recording = False
         self.maps: list[torch.Tensor] = []
 
     def start(self, name_weights: torch.Tensor) -> None:
-        self.name_weights, self.maps = name_weights, []
+        self.name_weights, self.recording, self.maps = name_weights, True, []
 
     def stop(self) -> list[torch.Tensor]:
-        maps, self.name_weights, self.maps = self.maps, None, []
+        maps, self.recording, self.maps = self.maps, False, []
         return maps
+
+    def clear(self) -> None:
+        self.name_weights, self.recording, self.maps = None, False, []
 
 
 class CharacterAttnProcessor:
-    """Cross-attention with explicit probabilities while recording; PyTorch SDPA otherwise."""
+    """Cross-attention with explicit probabilities while armed and autograd is on; PyTorch SDPA otherwise.
+    The maps are appended to the store only while it records (the forward pass, not a checkpoint re-run)."""
 
     def __init__(self, store: AttentionStore):
         self.store = store
@@ -47,10 +61,13 @@ class CharacterAttnProcessor:
     def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, temb=None,
                  *args, **kwargs):
         weights = self.store.name_weights
-        if weights is None or encoder_hidden_states is None or attn.spatial_norm is not None \
-                or attn.group_norm is not None or hidden_states.ndim != 3:
+        if weights is None or not torch.is_grad_enabled() or encoder_hidden_states is None \
+                or attn.spatial_norm is not None or attn.group_norm is not None or hidden_states.ndim != 3:
             return self.fast(attn, hidden_states, encoder_hidden_states, attention_mask, temb)
         batch_size = hidden_states.shape[0]
+        if weights.shape[0] != batch_size:
+            raise ValueError(f"AttentionStore: name weights for a batch of {weights.shape[0]}, the UNet got "
+                             f"{batch_size} (call store.clear() before running the UNet outside a training step)")
         attention_mask = attn.prepare_attention_mask(attention_mask, encoder_hidden_states.shape[1], batch_size)
         if attn.norm_cross:
             encoder_hidden_states = attn.norm_encoder_hidden_states(encoder_hidden_states)
@@ -60,7 +77,8 @@ class CharacterAttnProcessor:
         probs = attn.get_attention_scores(query, key, attention_mask)           # [B*h, S, L]
         heads = probs.shape[0] // batch_size
         per_char = torch.bmm(probs, weights.to(probs.dtype).repeat_interleave(heads, dim=0))  # [B*h, S, M]
-        self.store.maps.append(per_char.view(batch_size, heads, *per_char.shape[1:]))
+        if self.store.recording:
+            self.store.maps.append(per_char.view(batch_size, heads, *per_char.shape[1:]))
         out = attn.batch_to_head_dim(torch.bmm(probs, value))
         out = attn.to_out[1](attn.to_out[0](out))
         if attn.residual_connection:

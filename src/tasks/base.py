@@ -12,6 +12,10 @@ and reads no dataset (read data in `train_dataset`, `collate` and `sample`, or l
 that also gives `example_batch` and `conditioning_module` is covered by the real-scale shape check
 (`python -m src.tools.shape_check`, docs/shape_check.md), which builds it from config files alone on the
 meta device and runs one training step on a batch of the right shapes.
+
+Under mixed precision the engine calls `hold_frozen_in(dtype)`: the frozen parameters (VAE, text encoder,
+the frozen layers of an image tower) are then stored in the compute dtype, as diffusers' training
+scripts hold them (`weight_dtype`), while the trained ones stay fp32 masters for the optimizer.
 """
 from __future__ import annotations
 
@@ -58,6 +62,18 @@ class Task(nn.Module):
         """The submodule whose output is this stage's diffusion conditioning (e.g. [B,77,D] text states),
         reported by the shape check; None when the stage has none."""
         return None
+
+    # ---- precision --------------------------------------------------------------------------------
+    frozen_dtype: Optional[torch.dtype] = None   # set by hold_frozen_in; None: everything in fp32
+
+    def hold_frozen_in(self, dtype: Optional[torch.dtype]) -> None:
+        """Store every frozen floating-point parameter in `dtype` (None: back to fp32). Only for code that
+        runs under autocast (the engine's training step); a bf16 -> fp32 -> bf16 round trip is exact."""
+        target = dtype or torch.float32
+        for param in self.parameters():
+            if not param.requires_grad and param.is_floating_point() and param.dtype != target:
+                param.data = param.data.to(target)
+        self.frozen_dtype = dtype
 
     # ---- weights ----------------------------------------------------------------------------------
     def trainable_state_dict(self) -> dict[str, torch.Tensor]:

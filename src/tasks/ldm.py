@@ -32,6 +32,7 @@ class LDMModelConfig:
     noise_offset: float = 0.0             # offset noise (0 disables)
     snr_gamma: float = 0.0                # Min-SNR-gamma loss weighting (Hang et al. 2023); 0 disables
     gradient_checkpointing: bool = False
+    channels_last: bool = False           # UNet weights and activations in channels-last (NHWC) memory format
 
 
 def load_sd_components(path: str) -> dict:
@@ -58,6 +59,8 @@ class LDMTask(Task):
         self.text_encoder.requires_grad_(False)
         if cfg.model.gradient_checkpointing:
             self.unet.enable_gradient_checkpointing()
+        if cfg.model.channels_last:
+            self.unet.to(memory_format=torch.channels_last)
 
     # ---- data -------------------------------------------------------------------------------------
     def train_dataset(self):
@@ -84,7 +87,7 @@ class LDMTask(Task):
     @torch.no_grad()
     def encode_latents(self, pixel_values: torch.Tensor) -> torch.Tensor:
         latents = self.vae.encode(pixel_values.to(self.vae.dtype)).latent_dist.sample()
-        return latents * self.vae.config.scaling_factor
+        return latents.float() * self.vae.config.scaling_factor  # fp32 even from a bf16 VAE: noise, target
 
     def add_training_noise(self, latents: torch.Tensor):
         """(noise, timesteps, noisy_latents) for one training step (offset noise when configured)."""
@@ -149,6 +152,16 @@ class LDMTask(Task):
         stories = read_split(self.cfg.data.root, split)[1]
         if num_stories:
             stories = stories[:num_stories]
+        held = self.frozen_dtype
+        if held is None:  # nothing lowered (fp32 run, or DeepSpeed, which owns every parameter's dtype)
+            return self._generate(stories, out_dir, split, seed, extra_meta)
+        self.hold_frozen_in(None)  # sample in fp32 outside autocast, as generate does; back after
+        try:
+            return self._generate(stories, out_dir, split, seed, extra_meta)
+        finally:
+            self.hold_frozen_in(held)
+
+    def _generate(self, stories, out_dir: Path, split: str, seed: Optional[int], extra_meta: Optional[dict]) -> Path:
         s = self.cfg.sample
         pipe = self.pipeline()
         return generate_stories(
