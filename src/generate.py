@@ -13,15 +13,7 @@ import sys
 from pathlib import Path
 
 from src.config import ConfigError, load_config
-
-
-def run_folder_of(checkpoint: Path) -> Path:
-    checkpoint = checkpoint.resolve()
-    if (checkpoint / "config.yaml").is_file():
-        return checkpoint
-    if (checkpoint.parent.parent / "config.yaml").is_file():  # <run>/checkpoints/step_N
-        return checkpoint.parent.parent
-    raise FileNotFoundError(f"{checkpoint}: neither a run folder nor a checkpoint inside one (no config.yaml)")
+from src.tasks.from_checkpoint import run_folder_of
 
 
 def main(argv=None) -> int:

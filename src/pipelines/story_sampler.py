@@ -82,7 +82,16 @@ def generate_stories(draw: Callable, stories, out_dir, caption_field: str = "cap
             images[(i, k)] = image
         bar.update(len(chunk))
     bar.close()
+    info = {"num_stories": len(stories), "caption_field": caption_field, "seed": seed,
+            "num_inference_steps": num_inference_steps, "guidance_scale": guidance_scale,
+            "image_size": image_size, **(meta or {})}
+    return write_stories(stories, images, out_dir, caption_field, info)
 
+
+def write_stories(stories, images: dict, out_dir, caption_field: str, info: dict) -> Path:
+    """The generated-story layout from {(story position, frame): PIL image}; `info` -> generation.json."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
     lines, rows = [], []
     for i, story in enumerate(stories):
         (out_dir / story.id).mkdir(exist_ok=True)
@@ -98,9 +107,6 @@ def generate_stories(draw: Callable, stories, out_dir, caption_field: str = "cap
         lines.append(json.dumps(line))
         rows.append(frames)
     (out_dir / "stories.jsonl").write_text("\n".join(lines) + "\n")
-    info = {"num_stories": len(stories), "caption_field": caption_field, "seed": seed,
-            "num_inference_steps": num_inference_steps, "guidance_scale": guidance_scale,
-            "image_size": image_size, **(meta or {})}
     (out_dir / "generation.json").write_text(json.dumps(info, indent=2))
     if rows:
         write_grid(rows, out_dir / "grid.png")

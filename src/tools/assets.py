@@ -29,6 +29,11 @@ def ensure_weights(cfg) -> None:
         from src.tools.tiny_stack import ensure_tiny_stack
 
         ensure_tiny_stack(Path(cfg.tiny_stack), Path(cfg.data.root))
+        llm = getattr(cfg.model, "llm", None)  # stage 2: the tiny LLMs are built only when asked for
+        if llm is not None:
+            from src.tools.tiny_llm import ensure_tiny_llm_in_stack
+
+            ensure_tiny_llm_in_stack(Path(llm), Path(cfg.tiny_stack), Path(cfg.data.root))
     pretrained = getattr(cfg.model, "pretrained", None)
     if pretrained is not None and not Path(pretrained).exists():
         raise FileNotFoundError(f"model.pretrained={pretrained}: folder not found. Weights are never downloaded "
