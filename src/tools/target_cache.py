@@ -52,7 +52,7 @@ def default_cache_dir(checkpoint, target: str) -> Path:
 
 
 def _check_manifest(manifest: dict, want: dict, path: Path) -> None:
-    for key in ("checkpoint_sha256", "config_fingerprint", "target", "dtype", "shard_size"):
+    for key in ("target", "dtype", "checkpoint_sha256", "config_fingerprint", "shard_size"):
         if manifest.get(key) != want[key]:
             raise TargetCacheError(
                 f"{path}: this cache was made with {key}={manifest.get(key)!r} (checkpoint {manifest.get('checkpoint')}), "
