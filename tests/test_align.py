@@ -279,3 +279,14 @@ def test_stage2_generation_writes_the_story_layout_and_names_both_checkpoints(ov
     assert info["stage2_checkpoint"].endswith("gen/checkpoints/step_000002")
     lines = [json.loads(line) for line in (out / "stories.jsonl").read_text().splitlines()]
     assert len(lines) == 3 and all((out / image).is_file() for line in lines for image in line["images"])
+
+
+def test_root_eval_sh_checks_its_arguments(tmp_path):
+    import subprocess
+
+    repo = Path(__file__).resolve().parent.parent
+    usage = subprocess.run(["bash", "eval.sh", "toy"], cwd=repo, capture_output=True, text=True)
+    assert usage.returncode == 2 and "usage: bash eval.sh DATASET STAGE1_CKPT [STAGE2_CKPT]" in usage.stderr
+    missing = subprocess.run(["bash", "eval.sh", "toy", str(tmp_path), str(tmp_path / "nope")], cwd=repo,
+                             capture_output=True, text=True)
+    assert missing.returncode == 2 and f"checkpoint folder {tmp_path / 'nope'} not found" in missing.stderr
