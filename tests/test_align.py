@@ -25,7 +25,7 @@ def stage1(toy_root, tiny_root, tmp_path_factory) -> Path:
     assert main(["--config", "configs/ldm/toy.yaml", f"data.root={toy_root}", f"tiny_stack={tiny_root}",
                  f"model.pretrained={tiny_root}/stable-diffusion-v1-5", f"model.image_encoder={tiny_root}/clip",
                  f"output_root={out}", "logging.tensorboard=false", "train.batch_size=4", "train.max_steps=2",
-                 "train.checkpoint_every=2", "sample.num_stories=0", "run_name=s1"]) == 0
+                 "train.checkpoint_every=2", "sample.num_stories=1", "sample.num_inference_steps=1", "run_name=s1"]) == 0
     return out / "ldm" / "toy" / "s1"
 
 
@@ -50,7 +50,7 @@ def overrides(toy_root, llms, stage1, cache, tmp_path) -> list[str]:
     return [f"data.root={toy_root}", f"tiny_stack={llms}", f"model.llm={llms}/opt-6.7b",
             f"model.vision_encoder={llms}/clip", f"model.stage1={stage1}", f"output_root={tmp_path}/outputs",
             "logging.tensorboard=false", "train.batch_size=4", "train.log_every=1", "train.checkpoint_every=3",
-            "train.validate_every=0", "sample.num_stories=0", "sample.num_inference_steps=2", "model.val_stories=4"]
+            "train.validate_every=0", "sample.num_stories=1", "sample.num_inference_steps=2", "model.val_stories=4"]
 
 
 def train(overrides):
@@ -290,3 +290,45 @@ def test_root_eval_sh_checks_its_arguments(tmp_path):
     missing = subprocess.run(["bash", "eval.sh", "toy", str(tmp_path), str(tmp_path / "nope")], cwd=repo,
                              capture_output=True, text=True)
     assert missing.returncode == 2 and f"checkpoint folder {tmp_path / 'nope'} not found" in missing.stderr
+
+
+def test_released_v2_diffusion_loss_feeds_the_vae_frames_in_minus_one_to_one(overrides):
+    task = build(overrides + ["model.diffusion_weight=1.0"])
+    ldm = task.stage1()
+    seen = []
+    real_encode = ldm.vae.encode
+    ldm.vae.encode = lambda x, *a, **k: (seen.append(x), real_encode(x, *a, **k))[1]
+    data = task.train_dataset()
+    losses = task.training_step(task.collate([data[i] for i in range(4)]))
+    assert torch.isfinite(losses["diffusion"]) and losses["diffusion"] > 0
+    frames = seen[0]
+    assert frames.shape == (4, 3, 64, 64) and frames.min() >= -1 and frames.max() <= 1 and frames.min() < -0.5
+    losses["loss"].backward()
+    assert task.mapper.out.weight.grad is not None
+    assert all(p.grad is None for p in ldm.parameters())
+
+
+def test_pronoun_frames_take_the_llm_conditioning_from_step_0(overrides, stage1, tmp_path):
+    from src.data.stories import read_split
+    from src.pipelines.storygptv import generate_stage2_stories
+    from src.tasks.from_checkpoint import load_task_from_checkpoint
+
+    task = build(overrides + ["sample.guidance_scale=1.0", "sample.num_inference_steps=2", "sample.scheduler=DDIMScheduler"])
+    ldm, _, weights = load_task_from_checkpoint(stage1, overrides=["model.start_merge_step=1"])
+    task._stage1.update(task=ldm.requires_grad_(False).eval(), weights=str(weights))
+    stories = read_split(task.cfg.data.root, "test")[1]
+    index = next(i for i, s in enumerate(stories) if s.captions_coref[1:] != s.captions[1:]
+                 and any(c == o for c, o in zip(s.captions_coref[1:], s.captions[1:])))
+    story = stories[index]   # has frames with and frames without a pronoun after frame 0
+    seen = []  # one entry per UNet call: the frames k of every story, drawn together
+    ldm.unet.register_forward_pre_hook(lambda m, args, kwargs: seen.append(kwargs["encoder_hidden_states"]
+                                       if "encoder_hidden_states" in kwargs else args[2]), with_kwargs=True)
+    generate_stage2_stories(task, ldm, tmp_path / "gen", "test", num_stories=index + 1, progress=False)
+    steps = 2
+    assert len(seen) == story.num_frames * steps
+    for k in range(1, story.num_frames):
+        text = ldm.encode_text([story.captions_coref[k]])[0]
+        first, second = seen[k * steps][index], seen[k * steps + 1][index]
+        pronoun = story.captions_coref[k] != story.captions[k]
+        assert torch.allclose(first, text, atol=1e-5) != pronoun, f"frame {k}: step 0"
+        assert not torch.allclose(second, text, atol=1e-5), f"frame {k}: after the merge step"
