@@ -332,3 +332,56 @@ def test_pronoun_frames_take_the_llm_conditioning_from_step_0(overrides, stage1,
         pronoun = story.captions_coref[k] != story.captions[k]
         assert torch.allclose(first, text, atol=1e-5) != pronoun, f"frame {k}: step 0"
         assert not torch.allclose(second, text, atol=1e-5), f"frame {k}: after the merge step"
+
+
+# ---- released weights -----------------------------------------------------------------------------------
+def gill_state_dict(task) -> dict:
+    """A tiny state dict in GILL's pretrained_ckpt.pth.tar layout (names from StoryGPT-V's train_llm.py and
+    gill/models.py), with random values, shaped for the toy recipe's models."""
+    from src.models.mappers import GILLMapper
+
+    torch.manual_seed(1)
+    m = task.cfg.model.mapper
+    ref = GILLMapper(task.llm.width, 64, 77, m.width, m.encoder_layers, m.decoder_layers, m.heads, m.ffn)
+    state = {"model.input_embeddings.weight": torch.randn(8, task.llm.width),
+             "model.visual_embeddings.weight": torch.randn(4 * task.llm.width, 96),
+             "model.visual_embeddings.bias": torch.randn(4 * task.llm.width),
+             "model.gen_text_hidden_fcs.0.query_embs": ref.queries.detach()[None].clone(),
+             "model.gen_text_hidden_fcs.0.model.weight": ref.out.weight.detach().clone(),
+             "model.gen_text_hidden_fcs.0.model.bias": ref.out.bias.detach().clone(),
+             "model.ret_text_hidden_fcs.0.model.weight": torch.randn(256, task.llm.width),
+             "model.ret_text_hidden_fcs.0.model.bias": torch.randn(256),
+             "model.visual_fc.weight": torch.randn(256, 96), "model.visual_fc.bias": torch.randn(256),
+             "model.logit_scale": torch.tensor(2.0)}
+    for name, value in ref.state_dict().items():
+        if name.startswith(("fc.", "tfm.")):
+            state[f"model.gen_text_hidden_fcs.0.{name}"] = value.clone()
+    return {"state_dict": state}, ref
+
+
+@pytest.mark.parametrize("llm", ["opt-6.7b", "Llama-2-7b-hf"])
+def test_the_converter_maps_the_gill_key_layout(overrides, llms, llm, tmp_path):
+    from src.tasks.from_checkpoint import load_task_from_checkpoint
+    from src.tools.convert_storygptv_llm import ConversionError, convert_state_dict, main
+
+    o = overrides + [f"model.llm={llms}/{llm}"]
+    task = build(o)
+    source, ref = gill_state_dict(task)
+    torch.save(source, tmp_path / "pretrained_ckpt.pth.tar")
+    out = tmp_path / "converted"
+    assert main(["--src", str(tmp_path / "pretrained_ckpt.pth.tar"), "--out", str(out), "--config", RECIPE, *o]) == 0
+    converted = load_task_from_checkpoint(out)[0]   # strict: exactly the task's trainable weights
+    state = source["state_dict"]
+    assert torch.equal(converted.llm.image_embeddings, state["model.input_embeddings.weight"])
+    assert torch.equal(converted.visual_tokens.proj.bias, state["model.visual_embeddings.bias"])
+    hidden, embeds = torch.randn(2, 8, task.llm.width), torch.randn(2, 8, task.llm.width)
+    with torch.no_grad():
+        assert torch.allclose(converted.mapper(hidden, embeds), ref(hidden, embeds), atol=1e-5)
+    untied = llm == "Llama-2-7b-hf"
+    assert (converted.llm.image_output is not None) == untied
+    if untied:
+        assert not converted.llm.image_output.any()
+    trainer = json.loads((out / "checkpoints" / "step_000000" / "trainer_state.json").read_text())
+    assert trainer["conversion"]["dropped_retrieval_head"] == 5
+    with pytest.raises(ConversionError, match="a second text_emb_layer mapper"):
+        convert_state_dict({"state_dict": {**state, "model.gen_text_hidden_fcs.1.fc.weight": torch.zeros(1)}}, untied)
