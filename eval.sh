@@ -16,29 +16,13 @@ HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 if [ $# -lt 3 ] || [[ "$3" == *=* ]]; then
   exec bash "$HERE/scripts/eval.sh" "$@"
 fi
-DATASET=$1
-STAGE1=${2%/}
-STAGE2=${3%/}
+DATASET=$1 STAGE1=${2%/} STAGE2=${3%/}
 shift 3
-source "$HERE/scripts/_env.sh"
-PROTOCOL=configs/eval/$DATASET.yaml
-if [ ! -f "$PROTOCOL" ]; then
-  echo "eval.sh: no protocol $PROTOCOL (one of: $(ls configs/eval | grep -v base.yaml | tr '\n' ' '))" >&2
+if [ ! -d "$STAGE1" ]; then
+  echo "eval.sh: checkpoint folder $STAGE1 not found" >&2
   exit 2
 fi
-for ckpt in "$STAGE1" "$STAGE2"; do
-  if [ ! -d "$ckpt" ]; then
-    echo "eval.sh: checkpoint folder $ckpt not found" >&2
-    exit 2
-  fi
-done
-OUT=${EVAL_OUT:-$STAGE2/eval}
-SAMPLES=$OUT/samples_test
-if [ -f "$SAMPLES/stories.jsonl" ]; then
-  rm -r "$SAMPLES"  # a previous run's samples: regenerated from scratch
-fi
-mkdir -p "$OUT"
-ensure_venv requirements.txt
-python -m src.generate --checkpoint "$STAGE2" --split test --out "$SAMPLES" --seed 0 \
-  "model.stage1=$STAGE1" data.caption_field=captions_coref
-python -m eval.run --samples "$SAMPLES" --protocol "$PROTOCOL" --out "$OUT" "$@"
+# The stage-2 run names its stage-1 run in its config; STAGE1 replaces it (the target cache's checkpoint
+# check refuses a stage-1 model the LLM was not aligned with).
+STAGE1_ABS="$(cd "$STAGE1" && pwd)"
+CAPTIONS=captions_coref GENERATE_ARGS="model.stage1=$STAGE1_ABS" exec bash "$HERE/scripts/eval.sh" "$DATASET" "$STAGE2" "$@"
