@@ -385,3 +385,31 @@ def test_the_converter_maps_the_gill_key_layout(overrides, llms, llm, tmp_path):
     assert trainer["conversion"]["dropped_retrieval_head"] == 5
     with pytest.raises(ConversionError, match="a second text_emb_layer mapper"):
         convert_state_dict({"state_dict": {**state, "model.gen_text_hidden_fcs.1.fc.weight": torch.zeros(1)}}, untied)
+
+
+# ---- long stories ---------------------------------------------------------------------------------------
+def test_long_toy_stories_are_drawn_by_stage2_with_a_prompt_window(overrides, tmp_path, capsys):
+    from bench.stage2_long import main as bench
+    from src.data.stories import read_split
+    from src.data.toy import generate_toy_dataset
+
+    root = generate_toy_dataset(tmp_path / "long", num_train=1, num_val=1, num_test=2, frames_per_story=10,
+                                num_workers=1, progress=False)
+    story = read_split(root, "test")[1][0]
+    assert story.num_frames == 10 and len(story.captions_coref) == 10
+    assert any(c != o for c, o in zip(story.captions_coref, story.captions))
+
+    o = overrides + ["run_name=long", "train.max_steps=1", "train.checkpoint_every=1", "model.max_length=100"]
+    train(o)
+    task = build(o)
+    tokens = list(task.frame_tokens(torch.zeros(10, 3, 64, 64)))
+    pieces = task.fit_prompt(story.captions_coref, 9, tokens)
+    embeds, ids, _ = task.llm.assemble([pieces])
+    assert ids.shape[1] <= 100 and ids[0, -8:].tolist() == task.llm.image_token_ids
+    kept = sum(torch.is_tensor(p) for p in pieces)
+    assert 0 < kept < 9 and pieces[-2] == f" Caption: {story.captions_coref[9]} Image:"
+    assert pieces[-3] == f"</img> Caption: {story.captions_coref[8]}"   # the window keeps the latest frames
+
+    bench(["--align", str(run_dir(o, "long")), "--lengths", "6", "--steps", "1"])
+    table = capsys.readouterr().out
+    assert "| frames | stories | s/frame |" in table and "\n| 6 " in table

@@ -19,7 +19,8 @@ def ensure_dataset(cfg) -> Path:
         toy = cfg.data.toy
         print(f"building the toy dataset in {root} (seed {toy.seed}) ...", flush=True)
         return generate_toy_dataset(root, seed=toy.seed, num_train=toy.num_train, num_val=toy.num_val,
-                                    num_test=toy.num_test, image_size=cfg.data.image_size)
+                                    num_test=toy.num_test, image_size=cfg.data.image_size,
+                                    frames_per_story=cfg.data.frames_per_story)
     raise FileNotFoundError(f"data.root={root}: no meta.json there. Convert the dataset first "
                             f"(bash scripts/prepare_data.sh {cfg.data.name} SOURCE_DIR; see data/README.md)")
 
