@@ -118,8 +118,6 @@ class AlignTask(Task):
         for key, allowed in CHOICES.items():
             if getattr(m, key) not in allowed:
                 raise ValueError(f"key 'model.{key}': '{getattr(m, key)}' is not one of {', '.join(allowed)}")
-        if cfg.data.caption_field not in ("captions", "captions_coref"):
-            raise ValueError(f"key 'data.caption_field': '{cfg.data.caption_field}'")
         self.targets = self.open_targets()
         self.llm = LLMWithImageTokens.from_pretrained(
             m.llm, m.num_image_tokens, m.llm_mode, m.llm_dtype,
