@@ -133,6 +133,10 @@ def test_the_mapper_output_has_char_ldm_conditioning_shape(overrides, stage1):
     tokens = task.frame_tokens(torch.zeros(2, 3, 64, 64))
     out = task.condition([["Ada ran.", "She sat."]], [1], [list(tokens)])["conditioning"]
     assert out.shape == (1, *expected) == (1, 77, 64)
+    batch = task.example_batch(2, "cpu")   # what the real-scale shape check feeds the task
+    seen = []
+    task.conditioning_module().register_forward_hook(lambda m, i, o: seen.append(o.shape))
+    assert torch.isfinite(task.training_step(batch)["loss"]) and seen == [(2, *expected)]
 
 
 @pytest.mark.parametrize("llm", ["opt-6.7b", "Llama-2-7b-hf"])
@@ -213,7 +217,7 @@ def test_an_align_run_on_a_cache_from_another_checkpoint_is_a_one_line_error(ove
     manifest["checkpoint_sha256"] = "f" * 64
     (other / "manifest.json").write_text(json.dumps(manifest))
     with pytest.raises(TargetCacheError, match=f"{other}/manifest.json: made from checkpoint .* not from model.stage1"):
-        build(overrides + [f"model.targets={other}"])
+        build(overrides + [f"model.targets={other}"]).train_dataset()
 
 
 def test_a_missing_caption_field_is_an_error_naming_the_file_and_field(overrides, toy_root, tmp_path):

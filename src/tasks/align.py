@@ -69,6 +69,7 @@ class AlignModelConfig:
     first_frame_target: bool = False          # also train on frame 0 as a target (released: never)
     max_length: int = 160                     # prompt tokens; the earliest frames are dropped beyond it
     mapper: MapperConfig = field(default_factory=MapperConfig)
+    conditioning: List[int] = field(default_factory=lambda: [77, 768])   # Char-LDM's [L, E]; the cache must match
     stage1: str = "outputs/ldm/toy/default"   # the Char-LDM run (or checkpoint) whose targets we learn
     target: str = "fuse"                      # fuse (Emb_fuse) | text (Emb_text): the default cache to read
     targets: Optional[str] = None             # a cache folder; default <stage1 run>/targets/<step>-<target>
@@ -118,7 +119,7 @@ class AlignTask(Task):
         for key, allowed in CHOICES.items():
             if getattr(m, key) not in allowed:
                 raise ValueError(f"key 'model.{key}': '{getattr(m, key)}' is not one of {', '.join(allowed)}")
-        self.targets = self.open_targets()
+        self._targets = None  # the target cache, opened on first use (the constructor reads no data)
         self.llm = LLMWithImageTokens.from_pretrained(
             m.llm, m.num_image_tokens, m.llm_mode, m.llm_dtype,
             lora=dict(r=m.lora.r, lora_alpha=m.lora.lora_alpha, lora_dropout=m.lora.lora_dropout,
@@ -126,13 +127,19 @@ class AlignTask(Task):
         self.vision = CharacterImageEncoder.from_pretrained(m.vision_encoder, trainable_layers=0)
         self.visual_tokens = ImageToTokens(self.vision.vision_model.config.hidden_size, self.llm.width,
                                            m.visual_tokens)
-        num_tokens, width = self.targets.manifest["shape"]
+        num_tokens, width = m.conditioning
         mp = m.mapper
         self.mapper = GILLMapper(self.llm.width, width, num_tokens, mp.width, mp.encoder_layers,
                                  mp.decoder_layers, mp.heads, mp.ffn)
         self._stage1 = {}  # the frozen Char-LDM task, built on first use (sampling, v2 loss); not a submodule
 
     # ---- targets and stage 1 ----------------------------------------------------------------------
+    @property
+    def targets(self) -> TargetCache:
+        if self._targets is None:
+            self._targets = self.open_targets()
+        return self._targets
+
     def open_targets(self) -> TargetCache:
         from src.tasks.from_checkpoint import file_sha256, resolve_run_checkpoint, weights_file
 
@@ -145,6 +152,9 @@ class AlignTask(Task):
                                     f"--target {m.target}")
         cache = TargetCache(folder)
         cache.check_checkpoint(file_sha256(weights_file(ckpt)), m.stage1)
+        if list(cache.manifest["shape"]) != list(m.conditioning):
+            raise ValueError(f"{cache.manifest_path}: targets of shape {cache.manifest['shape']}, but key "
+                             f"'model.conditioning' is {list(m.conditioning)}")
         return cache
 
     def stage1(self):
@@ -164,6 +174,7 @@ class AlignTask(Task):
         return StoryDataset(self.cfg.data.root, split, size, caption_field=self.cfg.data.caption_field)
 
     def train_dataset(self):
+        self.targets  # a missing, foreign or mis-shaped cache fails here, before the first step
         return self.dataset("train")
 
     def collate(self, items: list[dict]) -> dict:
@@ -183,6 +194,19 @@ class AlignTask(Task):
         return {"pixel_values": torch.stack(pixels), "targets": torch.stack(targets),
                 "num_frames": torch.tensor([len(item["captions"]) for item in items]),
                 "captions": [item["captions"] for item in items], "story_id": [item["story_id"] for item in items]}
+
+    def example_batch(self, batch_size: int, device) -> dict:
+        """A batch shaped like `collate`'s, from the config alone (the real-scale shape check)."""
+        frames = self.cfg.data.frames_per_story
+        size = self.cfg.data.image_size if self.cfg.model.diffusion_weight > 0 else self.vision.image_size
+        return {"pixel_values": torch.zeros(batch_size, frames, 3, size, size, device=device),
+                "targets": torch.zeros(batch_size, frames, *self.cfg.model.conditioning, device=device),
+                "num_frames": torch.full((batch_size,), frames),
+                "captions": [["Someone walked."] * frames] * batch_size,
+                "story_id": [f"example_{i}" for i in range(batch_size)]}
+
+    def conditioning_module(self):
+        return self.mapper
 
     # ---- the model ----------------------------------------------------------------------------------
     def frame_tokens(self, pixel_values: torch.Tensor) -> torch.Tensor:
