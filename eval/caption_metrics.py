@@ -2,7 +2,7 @@
 
 Every function takes (candidates, references) in that order: candidates[i] is one string (the
 caption of generated frame i), references[i] a list of strings (what it should match). StoryGPT-V's
-script passed them to coco-caption swapped for BLEU (teardown §4); here the order is in the names.
+script passed them to coco-caption swapped for BLEU (docs/storygpt_v.md); here the order is in the names.
 
 BLEU (Papineni et al. 2002), corpus level as coco-caption's Bleu: clipped n-gram counts summed over
 the corpus, brevity penalty against the closest reference length, with coco-caption's tiny

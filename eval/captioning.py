@@ -1,4 +1,4 @@
-"""BLIP-2 captions of frames, and the caption metrics of StoryGPT-V's evaluation (teardown §4).
+"""BLIP-2 captions of frames, and the caption metrics of StoryGPT-V's evaluation (docs/storygpt_v.md).
 
 One caption per generated frame and `gt_captions_per_frame` per ground-truth frame, all by beam
 search (deterministic, unlike sampling). Scores, candidates first:

@@ -3,7 +3,7 @@
 Shapes: B frames, 3 x S x S pixels in [0, 1], C characters, G backgrounds, D feature width.
 
 One multi-label network with two heads (characters, backgrounds), as StoryGPT-V's evaluation
-(teardown §4): predictions are round(sigmoid); Acc is exact match of the whole label vector per
+(docs/storygpt_v.md): predictions are round(sigmoid); Acc is exact match of the whole label vector per
 frame, F1 is micro F1 over all labels. Backgrounds are scored only on frames that have a background
 label; the number of such frames is reported beside the numbers.
 """

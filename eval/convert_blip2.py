@@ -10,12 +10,14 @@ result is saved as a complete folder. Every LAVIS key must map (else an error li
 not), and every converted key must exist in the base model with the same shape.
 """
 import argparse
+import sys
 import re
 from pathlib import Path
 
 import torch
 
 from eval.stories_io import EvalInputError
+from src.errors import run_entry
 
 # LAVIS buffers that carry no weights of the transformers model
 IGNORED_LAVIS_KEYS = re.compile(r"^Qformer\.bert\.embeddings\.position_ids$")
@@ -155,12 +157,9 @@ def main(argv=None):
     parser.add_argument("--base", required=True, help="transformers Blip2 folder it was fine-tuned from")
     parser.add_argument("--out", required=True, help="folder to write")
     args = parser.parse_args(argv)
-    try:
-        count = convert(args.lavis, args.base, args.out)
-    except EvalInputError as err:
-        raise SystemExit(f"eval.convert_blip2: {err}") from None
+    count = convert(args.lavis, args.base, args.out)
     print(f"{args.out} ({count} tensors from {args.lavis})")
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(run_entry(main))

@@ -3,7 +3,7 @@
 Single mode: each story's first `max_frames` sentences and frames, scored 1-10 for style consistency,
 engagement and text-image coherence (SEED-Story Table 7). Pairwise mode: two samples folders of the
 same stories, A/B/tie per aspect, asked in both orders so the judge's position bias cancels (SEED-Story's
-script always put the baseline first, teardown §5). A reply without a parsable verdict is asked again
+script always put the baseline first, docs/seed_story.md). A reply without a parsable verdict is asked again
 `retries` times, then counted as missing; HTTP and network errors count the same way, never a crash.
 Plain urllib: no client library to install.
 """

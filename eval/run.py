@@ -7,6 +7,7 @@ set is fixed by the data, never drawn at random. Torch is seeded from the protoc
 metric, so two runs on the same machine write identical numbers.
 """
 import argparse
+import sys
 import json
 from pathlib import Path
 
@@ -18,8 +19,9 @@ from eval.images import LazyFrames
 from eval.judge import JudgeClient, judge_pairwise, judge_scores
 from eval.protocol import load_protocol, resolve_device
 from eval.report import write_report
-from eval.stories_io import EvalInputError, pair_with_ground_truth, read_meta, read_samples, read_split
+from eval.stories_io import pair_with_ground_truth, read_meta, read_samples, read_split
 from eval.train_classifier import ensure_classifier
+from src.errors import run_entry
 
 
 def _story_means(pairs, per_frame):
@@ -144,22 +146,19 @@ def main(argv=None):
     parser.add_argument("overrides", nargs="*", help="key=value protocol overrides, e.g. fid.resize_to=64")
     args = parser.parse_args(argv)
     out_dir = Path(args.out or args.samples)
-    try:
-        protocol = load_protocol(args.protocol, args.overrides)
-        results = evaluate(args.samples, protocol, compare_dir=args.compare,
-                           log=lambda message: print(message, flush=True))
-        out_dir.mkdir(parents=True, exist_ok=True)
-        metrics_path = out_dir / "metrics.json"
-        metrics_path.write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
-        report_path = write_report(args.samples, out_dir / "report.html", data_root=protocol["dataset"],
-                                   split=protocol["split"], metrics=results["metrics"],
-                                   per_story=results["per_story"],
-                                   title=f"StoryViz evaluation: {Path(args.protocol).stem} protocol")
-    except EvalInputError as err:
-        raise SystemExit(f"eval.run: {err}") from None
+    protocol = load_protocol(args.protocol, args.overrides)
+    results = evaluate(args.samples, protocol, compare_dir=args.compare,
+                       log=lambda message: print(message, flush=True))
+    out_dir.mkdir(parents=True, exist_ok=True)
+    metrics_path = out_dir / "metrics.json"
+    metrics_path.write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
+    report_path = write_report(args.samples, out_dir / "report.html", data_root=protocol["dataset"],
+                               split=protocol["split"], metrics=results["metrics"],
+                               per_story=results["per_story"],
+                               title=f"StoryViz evaluation: {Path(args.protocol).stem} protocol")
     print(f"wrote {metrics_path}")
     print(f"wrote {report_path}")
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(run_entry(main))

@@ -3,13 +3,14 @@
     python -m eval.train_classifier --protocol configs/eval/toy.yaml [key=value ...]
 
 Validation picks the best epoch; the test split is never opened (StoryGPT-V's deleted trainer used
-train+val+test ids, teardown §4). The folder written holds model.safetensors, config.json (the
+train+val+test ids, docs/storygpt_v.md). The folder written holds model.safetensors, config.json (the
 settings and a fingerprint of the data it was trained on) and split_ids.json (every id it saw), and
 is reused by eval.run while the fingerprint matches.
 
 Shapes: B frames, 3 x S x S pixels, C characters, G backgrounds.
 """
 import argparse
+import sys
 import copy
 import hashlib
 import json
@@ -24,6 +25,7 @@ from eval.classifier import (FrameClassifier, frame_labels, load_classifier, mul
 from eval.images import to_tensor
 from eval.protocol import load_protocol, resolve_device
 from eval.stories_io import EvalInputError, load_frame, read_meta, read_split
+from src.errors import run_entry
 
 TRAINING_KEYS = ("arch", "input_size", "epochs", "lr", "batch_size", "seed")
 
@@ -171,16 +173,13 @@ def main(argv=None):
     parser.add_argument("--protocol", required=True, help="configs/eval/<dataset>.yaml")
     parser.add_argument("overrides", nargs="*", help="key=value protocol overrides")
     args = parser.parse_args(argv)
-    try:
-        protocol = load_protocol(args.protocol, args.overrides)
-        section = protocol["classifier"]
-        config = train_classifier(protocol["dataset"], section["dir"], device=resolve_device(protocol["device"]),
-                                  imagenet_weights=section["imagenet_weights"],
-                                  **{key: section[key] for key in TRAINING_KEYS})
-    except EvalInputError as err:
-        raise SystemExit(f"eval.train_classifier: {err}") from None
+    protocol = load_protocol(args.protocol, args.overrides)
+    section = protocol["classifier"]
+    config = train_classifier(protocol["dataset"], section["dir"], device=resolve_device(protocol["device"]),
+                              imagenet_weights=section["imagenet_weights"],
+                              **{key: section[key] for key in TRAINING_KEYS})
     print(f"{section['dir']} (best epoch {config['best_epoch']}, val exact-match {config['val_exact_match']:.4f})")
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(run_entry(main))

@@ -32,11 +32,19 @@ ensure_venv() {  # ensure_venv REQUIREMENTS_FILE...
   export VIRTUAL_ENV="$VENV"
 }
 
+has_gpu() {
+  command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1
+}
+
 # configs/accelerate/<name>.yaml to launch with: $LAUNCH if set, else single_gpu when a GPU answers, else cpu.
+# Without a GPU, a LAUNCH with a cpu_ twin (ddp, zero2, zero3: all GPUs) runs the twin (2 CPU processes).
 launch_config() {
   local name="${LAUNCH:-}"
   if [ -z "$name" ]; then
-    if command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1; then name=single_gpu; else name=cpu; fi
+    if has_gpu; then name=single_gpu; else name=cpu; fi
+  elif [ -f "configs/accelerate/cpu_$name.yaml" ] && ! has_gpu; then
+    echo "no GPU answers: LAUNCH=$name runs configs/accelerate/cpu_$name.yaml (2 CPU processes)" >&2
+    name="cpu_$name"
   fi
   if [ ! -f "configs/accelerate/$name.yaml" ]; then
     echo "error: LAUNCH=$name: no configs/accelerate/$name.yaml (have: $(ls configs/accelerate | sed 's/.yaml//' | tr '\n' ' '))" >&2
@@ -44,3 +52,8 @@ launch_config() {
   fi
   echo "configs/accelerate/$name.yaml"
 }
+
+# DeepSpeed without a GPU runs on its CPU accelerator (it would guess so too, with a warning).
+if ! has_gpu; then
+  export DS_ACCELERATOR="${DS_ACCELERATOR:-cpu}"
+fi

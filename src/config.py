@@ -129,7 +129,8 @@ CHOICES = {
 
 
 # ---------------------------------------------------------------------------------------------- loading
-def _read_yaml(path: Path) -> dict:
+def read_yaml(path: Path) -> dict:
+    """A YAML file that must hold a mapping; any problem is a ConfigError naming the file."""
     if not path.is_file():
         raise ConfigError(f"{path}: config file not found")
     try:
@@ -154,7 +155,7 @@ def _layers(path: Path, seen: tuple = ()) -> list[tuple[str, dict]]:
     path = path.resolve()
     if path in seen:
         raise ConfigError(f"{path}: key 'base': circular base chain {' -> '.join(map(str, seen + (path,)))}")
-    data = _read_yaml(path)
+    data = read_yaml(path)
     bases = data.pop("base", None) or []
     if isinstance(bases, (str, dict)):
         bases = [bases]
@@ -208,7 +209,10 @@ def _task_model_config(task_name: str):
         raise ConfigError(str(err.args[0])) from None
 
 
-def _merge(schema: DictConfig, source: str, values: dict) -> DictConfig:
+def merge_onto_schema(schema: DictConfig, source: str, values) -> DictConfig:
+    """`values` merged onto a structured (dataclass) config; an unknown key or a wrong type is a
+    ConfigError naming `source` (a file, an override) and the dotted key. Used by every schema-checked
+    YAML in the project (run configs, configs/pretrained/tiny.yaml, configs/data/*.yaml)."""
     try:
         return OmegaConf.merge(schema, values)
     except OmegaConfBaseException as err:
@@ -245,7 +249,7 @@ def load_config(path: str | Path, overrides: Optional[list[str]] = None) -> Dict
     schema.model = OmegaConf.structured(_task_model_config(str(task_name)))
     cfg = schema
     for source, values in layers:
-        cfg = _merge(cfg, source, values)
+        cfg = merge_onto_schema(cfg, source, values)
     _check_choices(cfg)
     OmegaConf.set_readonly(cfg, True)
     return cfg

@@ -4,7 +4,8 @@
 
 --checkpoint is a run folder (its latest checkpoint), one `checkpoints/step_NNNNNN` folder or `<run>/best`. The run's
 saved config.yaml rebuilds the models; key=value overrides change sampling (e.g. sample.guidance_scale=3).
-Writes the generated-story layout (docs/story_format.md).
+Writes the generated-story layout (docs/story_format.md). A bad input is one line on stderr and exit
+status 2; --debug shows the traceback (src/errors.py).
 """
 from __future__ import annotations
 
@@ -12,7 +13,8 @@ import argparse
 import sys
 from pathlib import Path
 
-from src.config import ConfigError, load_config
+from src.config import load_config
+from src.errors import run_entry
 from src.tasks.from_checkpoint import run_folder_of
 
 
@@ -28,12 +30,8 @@ def main(argv=None) -> int:
     parser.add_argument("--device", default=None, help="default: cuda when available")
     parser.add_argument("overrides", nargs="*")
     args = parser.parse_args(argv)
-    try:
-        run_dir = run_folder_of(args.checkpoint)
-        cfg = load_config(run_dir / "config.yaml", args.overrides)
-    except (ConfigError, FileNotFoundError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+    run_dir = run_folder_of(args.checkpoint)
+    cfg = load_config(run_dir / "config.yaml", args.overrides)
 
     import torch
 
@@ -57,4 +55,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_entry(main))

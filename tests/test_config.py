@@ -100,7 +100,7 @@ def test_shipped_ldm_recipes_validate(name):
         pytest.fail(f"configs/ldm/{name}.yaml is missing")
     cfg = load_config(REPO / f"configs/ldm/{name}.yaml")
     assert cfg.task == "char_ldm" and cfg.model.character_conditioning and cfg.data.name == name
-    if name != "toy":  # the paper's real-data values (storygpt-v-teardown.md §1, §3)
+    if name != "toy":  # the paper's real-data values (docs/storygpt_v.md)
         assert (cfg.data.image_size, cfg.optim.lr, cfg.train.batch_size, cfg.train.mixed_precision) == \
             (512, 1e-5, 32, "bf16")
         assert (cfg.model.attention_loss_weight, cfg.model.mask_loss_prob, cfg.model.start_merge_step) == (1e-3, 0.3, 15)

@@ -49,7 +49,7 @@ def clip_frames(index: int, n: int = 3, size: int = SIZE) -> np.ndarray:
 
 
 def write_storygptv(root: Path, chars_dir: Path | None = None) -> Path:
-    """StoryGPT-V's processed layout (teardown §2), 4 stories of 4 clips."""
+    """StoryGPT-V's processed layout (docs/storygpt_v.md), 4 stories of 4 clips."""
     root.mkdir(parents=True)
     (root / "split.json").write_text(json.dumps(SPLIT))
     annotations = {}

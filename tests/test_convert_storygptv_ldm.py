@@ -20,6 +20,7 @@ import torch
 from safetensors.torch import load_file
 
 from src.engine.checkpoint import resolve_checkpoint
+from src.errors import run_entry
 from src.tools.convert_storygptv_ldm import ConversionError, convert_state_dict, main
 
 REPO = Path(__file__).resolve().parent.parent
@@ -227,10 +228,11 @@ def test_config_is_checked_and_saved_for_generate(source, tmp_path, capsys):
     _, src = source
     recipe = str(REPO / "configs/ldm/toy.yaml")
     out = tmp_path / "run"
-    code = main(["--src", str(src), "--out", str(out), "--image-encoder-trainable-layers", "1",
-                 "--config", recipe, "model.image_encoder_trainable_layers=2"])
+    code = run_entry(main, ["--src", str(src), "--out", str(out), "--image-encoder-trainable-layers", "1",
+                            "--config", recipe, "model.image_encoder_trainable_layers=2"])
     assert code == 2 and "model.image_encoder_trainable_layers=2" in capsys.readouterr().err
-    code = main(["--src", str(src), "--out", str(out), "--config", recipe, "model.character_conditioning=false"])
+    code = run_entry(main, ["--src", str(src), "--out", str(out), "--config", recipe,
+                            "model.character_conditioning=false"])
     assert code == 2 and "char_ldm" in capsys.readouterr().err
     assert not out.exists()  # the config is checked before anything is written
 

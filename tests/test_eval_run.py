@@ -134,7 +134,7 @@ def test_report_shows_frames_captions_and_ground_truth(toy_root, tmp_path):
 
 def test_bad_samples_are_named(toy_root, tmp_path, classifier_dir):
     samples = make_samples(toy_root, tmp_path / "samples", "real")
-    with pytest.raises(SystemExit, match=r"holds a classifier trained on other data or settings; train it with "
+    with pytest.raises(EvalInputError, match=r"holds a classifier trained on other data or settings; train it with "
                                          r"`python -m eval\.train_classifier"):
         eval_run.main(["--samples", str(samples), "--protocol", "configs/eval/toy.yaml", f"dataset={toy_root}",
                        f"classifier.dir={classifier_dir}", "classifier.epochs=3", "classifier.train_if_missing=false",

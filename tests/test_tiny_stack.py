@@ -19,8 +19,9 @@ import pytest
 import torch
 from PIL import Image, ImageDraw
 
+from src.config import ConfigError
 from src.tools import tiny_stack
-from src.tools.tiny_config import TinyStackConfigError, load_tiny_config
+from src.tools.tiny_config import load_tiny_config
 from src.tools.tiny_models import build_unet
 from src.tools.tiny_stack import (
     REQUIRED_FILES,
@@ -298,7 +299,7 @@ def test_trained_vae_reconstructs_val_frames_better_than_untrained(stack, shapes
 def test_bad_config_is_an_error_naming_file_and_key(tmp_path, yaml_text, key):
     path = tmp_path / "tiny.yaml"
     path.write_text(yaml_text)
-    with pytest.raises(TinyStackConfigError) as error:
+    with pytest.raises(ConfigError) as error:
         load_tiny_config(path)
     assert f"'{key}'" in str(error.value) and str(path) in str(error.value)
 

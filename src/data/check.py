@@ -22,6 +22,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from src.data.stories import SPLITS, StoryFormatError, read_meta, read_stories
+from src.errors import run_entry
 
 
 @dataclass
@@ -153,4 +154,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_entry(main))

@@ -5,7 +5,8 @@
 DATASET is flintstones, pororo or storystream_george (facts come from configs/data/DATASET.yaml);
 the layout of SOURCE_DIR is detected unless --layout is given. Resumable and idempotent; prints a
 summary and writes it to OUT/conversion.json. Exit status: 0 done, 1 done but items were skipped and
---strict was given, 2 the conversion could not run (the message names the file at fault).
+--strict was given, 2 the conversion could not run (one line on stderr naming the file at fault;
+--debug shows the traceback).
 """
 
 from __future__ import annotations
@@ -14,10 +15,9 @@ import argparse
 import sys
 from pathlib import Path
 
-import yaml
-
 from src.data.convert import LAYOUTS, ConversionError, convert
 from src.data.convert.runner import format_summary
+from src.errors import run_entry
 
 FACT_KEYS = ("name", "characters", "genders", "aliases", "frames_per_story")
 
@@ -26,21 +26,14 @@ def load_facts(config_path: Path, dataset: str) -> tuple[dict, dict]:
     """(dataset facts, config defaults for options) from a configs/data/*.yaml file, validated against
     the run-config schema's `data:` section (src/config.py DataConfig)."""
     from omegaconf import OmegaConf
-    from omegaconf.errors import OmegaConfBaseException
 
-    from src.config import DataConfig
+    from src.config import DataConfig, merge_onto_schema, read_yaml
 
     if not config_path.is_file():
         raise ConversionError(f"{config_path}: missing data config for '{dataset}' (pass --config)")
-    config = yaml.safe_load(config_path.read_text(encoding="utf-8")) or {}
-    if not isinstance(config, dict):
-        raise ConversionError(f"{config_path}: expected a mapping of keys")
+    config = read_yaml(config_path)
     config = config.get("data", config)  # a run config nests the data block under `data:`
-    try:
-        data = OmegaConf.to_container(OmegaConf.merge(OmegaConf.structured(DataConfig), config))
-    except OmegaConfBaseException as err:
-        raise ConversionError(f"{config_path}: key '{getattr(err, 'full_key', '?')}': "
-                              f"{str(err).splitlines()[0]}") from None
+    data = OmegaConf.to_container(merge_onto_schema(OmegaConf.structured(DataConfig), str(config_path), config))
     facts = {key: data[key] for key in FACT_KEYS}
     defaults = {k: config[k] for k in ("frame_choice", "chunk_frames") if k in config}
     return facts, defaults
@@ -70,31 +63,27 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
-    try:
-        facts, defaults = load_facts(args.config or Path("configs/data") / f"{args.dataset}.yaml", args.dataset)
-        if args.frames_per_story is not None:
-            facts["frames_per_story"] = args.frames_per_story
-        options = {"frame_choice": args.frame_choice or defaults.get("frame_choice", "middle")}
-        layout = args.layout
-        if args.dataset.startswith("storystream") or layout == "storystream":
-            facts["frames_per_story"] = None  # chunks keep their remainder, so story lengths vary
-            options.update(chunk_frames=args.chunk_frames if args.chunk_frames is not None else defaults.get("chunk_frames", 10),
-                           images=args.images, image_root=str(args.image_root) if args.image_root else None)
-        else:
-            if facts["frames_per_story"] is None:
-                raise ConversionError(f"frames_per_story is not set in the data config of {args.dataset}")
-            options.update(masks=not args.no_masks, h5_channels=args.h5_channels,
-                           chars_dir=str(args.chars_dir) if args.chars_dir else None,
-                           label_order=args.label_order.split(",") if args.label_order else None)
-        out = args.out or Path("data") / args.dataset
-        summary = convert(args.dataset, args.source_dir, out, facts, layout=layout, options=options,
-                          progress=not args.quiet)
-    except ConversionError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+    facts, defaults = load_facts(args.config or Path("configs/data") / f"{args.dataset}.yaml", args.dataset)
+    if args.frames_per_story is not None:
+        facts["frames_per_story"] = args.frames_per_story
+    options = {"frame_choice": args.frame_choice or defaults.get("frame_choice", "middle")}
+    layout = args.layout
+    if args.dataset.startswith("storystream") or layout == "storystream":
+        facts["frames_per_story"] = None  # chunks keep their remainder, so story lengths vary
+        options.update(chunk_frames=args.chunk_frames if args.chunk_frames is not None else defaults.get("chunk_frames", 10),
+                       images=args.images, image_root=str(args.image_root) if args.image_root else None)
+    else:
+        if facts["frames_per_story"] is None:
+            raise ConversionError(f"frames_per_story is not set in the data config of {args.dataset}")
+        options.update(masks=not args.no_masks, h5_channels=args.h5_channels,
+                       chars_dir=str(args.chars_dir) if args.chars_dir else None,
+                       label_order=args.label_order.split(",") if args.label_order else None)
+    out = args.out or Path("data") / args.dataset
+    summary = convert(args.dataset, args.source_dir, out, facts, layout=layout, options=options,
+                      progress=not args.quiet)
     print(format_summary(summary, out))
     return 1 if args.strict and summary["skipped"] else 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_entry(main))

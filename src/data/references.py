@@ -1,4 +1,4 @@
-"""Character reference images for Char-LDM (StoryGPT-V §3.1; teardown §1 "References").
+"""Character reference images for Char-LDM (StoryGPT-V §3.1; docs/storygpt_v.md, "Stage 1").
 
 Training: each character's reference is cut from the same frame (the box of its visible mask), padded
 to a square and resized to the image encoder's input; `augment_references` (run by the task, on the

@@ -1,9 +1,11 @@
 """Checkpoints: atomic, keep-last-K, exact resume.
 
 Layout of `<run>/checkpoints/step_000500/`:
-  trainable.safetensors   the parameters with requires_grad, by name (all that generation needs)
+  trainable.safetensors   the parameters with requires_grad, by name (all that generation needs); under
+                          DeepSpeed the full fp32 masters, gathered from every process's shard
   ema.safetensors         the EMA copy of the same, when EMA is on
-  optimizer.pt scheduler.pt  optimizer and LR-schedule state
+  optimizer.pt scheduler.pt  optimizer and LR-schedule state (optimizer.pt is empty under DeepSpeed)
+  deepspeed/              under DeepSpeed: its own sharded checkpoint (trainable weights and optimizer)
   rng_state_<rank>.pt     python/numpy/torch(/cuda) generators of every process
   trainer_state.json      step, EMA counters, world size; written last
 
@@ -24,6 +26,8 @@ from typing import Optional
 import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
+
+from src.engine import zero
 
 STEP_DIR = re.compile(r"^step_(\d+)$")
 REQUIRED = ("trainable.safetensors", "optimizer.pt", "scheduler.pt", "trainer_state.json")
@@ -78,13 +82,12 @@ def _ema_split(ema) -> tuple[list, dict]:
 
 
 def _uses_deepspeed(accelerator) -> bool:
-    return str(getattr(accelerator, "distributed_type", "")).endswith("DEEPSPEED")
+    return zero.in_use(accelerator)
 
 
-def _trainable_weights(task, accelerator, model) -> dict:
-    if _uses_deepspeed(accelerator):  # ZeRO-3 shards parameters: gather them (a collective call)
-        full = accelerator.get_state_dict(model)
-        return {name: full[name] for name in task.trainable_state_dict()} if full is not None else {}
+def _trainable_weights(task, accelerator) -> dict:
+    if _uses_deepspeed(accelerator):  # the fp32 masters, gathered from every process's shard
+        return zero.full_trainable_weights(task)
     return task.trainable_state_dict()
 
 
@@ -101,9 +104,9 @@ def save_checkpoint(root: Path, step: int, task, optimizer, scheduler, ema, acce
         tmp.mkdir(parents=True)
     accelerator.wait_for_everyone()
     torch.save(_rng_state(), tmp / f"rng_state_{accelerator.process_index}.pt")
-    weights = _trainable_weights(task, accelerator, model)
-    if _uses_deepspeed(accelerator):
-        model.save_checkpoint(str(tmp / "deepspeed"), tag="state")
+    weights = _trainable_weights(task, accelerator)
+    if _uses_deepspeed(accelerator):  # frozen weights come from model.pretrained, not the checkpoint
+        model.save_checkpoint(str(tmp / "deepspeed"), tag="state", exclude_frozen_parameters=True)
     if accelerator.is_main_process:
         names = list(weights)
         save_file({k: v.contiguous().cpu() for k, v in weights.items()}, tmp / "trainable.safetensors")
@@ -117,7 +120,9 @@ def save_checkpoint(root: Path, step: int, task, optimizer, scheduler, ema, acce
         (tmp / "trainer_state.json").write_text(json.dumps(state, indent=2))
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
-        for path in tmp.iterdir():  # make the files durable before they become visible
+        for path in tmp.rglob("*"):  # make the files durable before they become visible
+            if not path.is_file():
+                continue
             with open(path, "rb") as handle:
                 os.fsync(handle.fileno())
         if final.exists():
@@ -151,7 +156,8 @@ def load_checkpoint(path: Path, task, optimizer, scheduler, ema, accelerator, mo
     if state["world_size"] != accelerator.num_processes:
         raise ValueError(f"{path}: saved by {state['world_size']} processes, resumed with "
                          f"{accelerator.num_processes}; exact resume needs the same number")
-    load_trainable(path, task)
+    if not _uses_deepspeed(accelerator):  # under DeepSpeed its own checkpoint restores weights and masters
+        load_trainable(path, task)
     if ema is not None:
         if state["ema"] is None:
             raise ValueError(f"{path}: train.ema is on but the checkpoint has no EMA state")
@@ -159,8 +165,10 @@ def load_checkpoint(path: Path, task, optimizer, scheduler, ema, accelerator, mo
         names = list(task.trainable_state_dict())
         ema.load_state_dict({**state["ema"], "shadow_params": [shadow[n] for n in names]})
     if _uses_deepspeed(accelerator):
+        # not strict: the checkpoint holds only the trainable weights (exclude_frozen_parameters above);
+        # the fp32 masters in the optimizer state are restored whole and copied into the working weights
         model.load_checkpoint(str(path / "deepspeed"), tag="state", load_optimizer_states=True,
-                              load_lr_scheduler_states=False)
+                              load_lr_scheduler_states=False, load_module_strict=False)
     else:
         optimizer.load_state_dict(torch.load(path / "optimizer.pt", weights_only=False))
     scheduler.load_state_dict(torch.load(path / "scheduler.pt", weights_only=False))

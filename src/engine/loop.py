@@ -7,6 +7,7 @@ schedule, gradient clipping, EMA, logging, periodic samples and checkpoints with
 from __future__ import annotations
 
 import math
+import tempfile
 import time
 from pathlib import Path
 
@@ -21,10 +22,10 @@ from tqdm.auto import tqdm
 
 from src.config import save_config
 from src.engine import checkpoint as ckpt
+from src.engine import zero
 from src.engine.sampler import StepBatchSampler
 from src.engine.tracking import start_trackers, tracker_backends
 from src.tasks import build_task
-from src.tools.assets import ensure_assets
 
 SCHEDULES = {"constant": "constant_with_warmup", "cosine": "cosine"}
 
@@ -66,24 +67,19 @@ def make_lr_schedule(optim, optimizer, max_steps: int):
 
 
 def make_accelerator(cfg, run_dir: Path) -> Accelerator:
-    """Without a visible GPU, accelerate is asked for the CPU: several processes then form a gloo group."""
+    """Without a visible GPU, accelerate is asked for the CPU: several processes then form a gloo group.
+    A DeepSpeed launch gets a DeepSpeed engine on any device, or an error (src/engine/zero.py)."""
     # accelerate keeps the first run's mixed precision for the whole process; a second run in the same
     # process (tests, notebooks) may ask for another. The process group (PartialState) is kept.
     AcceleratorState._reset_state()
     accelerator = Accelerator(
-        cpu=not torch.cuda.is_available(),
         mixed_precision=cfg.train.mixed_precision,
         gradient_accumulation_steps=cfg.train.grad_accum,
         log_with=tracker_backends(cfg) or None,
         project_config=ProjectConfiguration(project_dir=str(run_dir), logging_dir=str(run_dir / "logs")),
+        **zero.accelerator_options(),
     )
-    plugin = getattr(accelerator.state, "deepspeed_plugin", None)
-    if plugin is not None:  # DeepSpeed needs the batch geometry: we do not hand it our data loader
-        ds = plugin.deepspeed_config
-        ds["train_micro_batch_size_per_gpu"] = cfg.train.batch_size
-        ds["gradient_accumulation_steps"] = cfg.train.grad_accum
-        ds["train_batch_size"] = cfg.train.batch_size * cfg.train.grad_accum * accelerator.num_processes
-        ds["gradient_clipping"] = cfg.train.grad_clip
+    zero.configure(accelerator, cfg)
     return accelerator
 
 
@@ -95,16 +91,16 @@ def train(cfg) -> Path:
         _check_run_folder(run_dir, cfg)
         run_dir.mkdir(parents=True, exist_ok=True)
         save_config(cfg, run_dir / "config.yaml")
-    with accelerator.main_process_first():
-        ensure_assets(cfg)
 
     set_seed(cfg.train.seed)  # identical initial weights on every process
-    task = build_task(cfg)
+    with zero.whole_models(accelerator):
+        task = build_task(cfg)
     params = [p for p in task.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=cfg.optim.lr, betas=tuple(cfg.optim.betas), eps=cfg.optim.eps,
                                   weight_decay=cfg.optim.weight_decay)
     scheduler = make_lr_schedule(cfg.optim, optimizer, cfg.train.max_steps)
     model, optimizer = accelerator.prepare(task, optimizer)
+    zero.announce(accelerator, model)
     ema = None
     if cfg.train.ema:
         ema = EMAModel(params, decay=cfg.train.ema_decay, foreach=True)
@@ -199,15 +195,20 @@ def _validate(task, accelerator, step: int, run_dir: Path, trackers, best):
 
 
 def _sample(task, ema, params, accelerator, out_dir: Path, cfg) -> None:
-    """Sample stories with the EMA weights when EMA is on; leaves every RNG untouched (exact resume)."""
-    if accelerator.is_main_process:
-        with torch.random.fork_rng(devices=[]):
+    """Sample stories with the EMA weights when EMA is on; leaves every RNG untouched (exact resume).
+
+    Under ZeRO-3 every process runs the same forward passes (each layer gathers its partitioned weights
+    from all processes); only the main process keeps the images."""
+    everyone = zero.stage(accelerator) == 3
+    if accelerator.is_main_process or everyone:
+        with torch.random.fork_rng(devices=[]), tempfile.TemporaryDirectory() as scratch:
             if ema is not None:
                 ema.store(params)
                 ema.copy_to(params)
             task.eval()
             try:
-                task.sample(out_dir, cfg.sample.split, cfg.sample.num_stories)
+                task.sample(out_dir if accelerator.is_main_process else Path(scratch) / out_dir.name,
+                            cfg.sample.split, cfg.sample.num_stories)
             finally:
                 task.train()
                 if ema is not None:

@@ -2,8 +2,8 @@
 
 The batch a process sees at micro-batch `b` depends only on the seed, `b`, its rank and the world size,
 so a resumed run only needs the step it stopped at to continue on exactly the next batch: no iterator
-state to save, no batches re-read to skip (diffusers' text-to-image script re-reads them, the field survey
-notes). Every epoch is a fresh permutation of the whole dataset; the tail that does not fill a global
+state to save, no batches re-read to skip (diffusers' text-to-image script re-reads
+them). Every epoch is a fresh permutation of the whole dataset; the tail that does not fill a global
 batch is left out of that epoch only (a different tail each epoch).
 """
 from __future__ import annotations

@@ -1,5 +1,5 @@
 """The character encoder: a CLIP vision tower whose pooled, projected CLS token is one embedding per
-character reference image (StoryGPT-V §3.1; teardown §1: CLIP ViT-L/14 at 224 px, last 2 layers train).
+character reference image (StoryGPT-V §3.1; docs/storygpt_v.md: CLIP ViT-L/14 at 224 px, last 2 layers train).
 
 Shapes: N reference images, R the tower's input size, P its projection width.
   pixel_values [N,3,R,R] in [0,1] (already padded to square and resized) -> embeds [N,P]
@@ -10,6 +10,8 @@ import torch
 from torch import nn
 from transformers import CLIPVisionModelWithProjection
 from transformers.utils import logging as hf_logging
+
+from src.models.pretrained import load_pretrained
 
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
@@ -37,7 +39,7 @@ class CharacterImageEncoder(nn.Module):
         verbosity = hf_logging.get_verbosity()
         hf_logging.set_verbosity_error()  # a CLIPModel folder's text weights are expected to be left out
         try:
-            tower = CLIPVisionModelWithProjection.from_pretrained(path)
+            tower = load_pretrained(CLIPVisionModelWithProjection, path)
         finally:
             hf_logging.set_verbosity(verbosity)
         return cls(tower.vision_model, tower.visual_projection, tower.config.image_size, trainable_layers)

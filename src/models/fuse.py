@@ -46,9 +46,9 @@ class FuseModule(nn.Module):
         if char_embeds.shape[-1] != text_states.shape[-1]:
             raise ValueError(f"image embedding width {char_embeds.shape[-1]} != text width {text_states.shape[-1]}: "
                              f"the image encoder's projection_dim must equal the text encoder's hidden size")
+        # No early return when nothing is named: the layers then run on 0 rows, so that every call runs the
+        # same layers (ZeRO-3 gathers weights layer by layer on all processes in step; DDP sees every weight).
         batch_idx, pos_idx = torch.nonzero(token_char >= 0, as_tuple=True)
-        if batch_idx.numel() == 0:
-            return text_states
         char_idx = token_char[batch_idx, pos_idx]
         fused = self.fuse(text_states[batch_idx, pos_idx], char_embeds[batch_idx, char_idx].to(text_states.dtype))
         out = text_states.clone()

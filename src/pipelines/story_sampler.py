@@ -85,12 +85,12 @@ def generate_stories(draw: Callable, stories, out_dir, caption_field: str = "cap
     info = {"num_stories": len(stories), "caption_field": caption_field, "seed": seed,
             "num_inference_steps": num_inference_steps, "guidance_scale": guidance_scale,
             "image_size": image_size, **(meta or {})}
-    return write_stories(stories, images, out_dir, caption_field, info)
+    return write_stories(images, stories, out_dir, caption_field, info)
 
 
-def write_stories(stories, images: dict, out_dir, caption_field: str, info: dict) -> Path:
-    """The generated-story layout from {(story position, frame): PIL image}; `info` -> generation.json."""
-    out_dir = Path(out_dir)
+def write_stories(images: dict, stories, out_dir: Path, caption_field: str, info: dict) -> Path:
+    """`images[(story index, frame)]` -> the generated-story layout: <id>/<k>.png, stories.jsonl,
+    generation.json (`info`) and grid.png."""
     out_dir.mkdir(parents=True, exist_ok=True)
     lines, rows = [], []
     for i, story in enumerate(stories):

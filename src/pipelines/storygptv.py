@@ -97,4 +97,4 @@ def generate_stage2_stories(align, ldm, out_dir, split: str, num_stories: Option
             "start_merge_step": merge, "pronoun_frames_fused_from_step": 0, **(extra_meta or {})}
     if "checkpoint" in info:
         info["stage2_checkpoint"] = info["checkpoint"]
-    return write_stories(stories, images, out_dir, field, info)
+    return write_stories(images, stories, Path(out_dir), field, info)

@@ -9,6 +9,7 @@ TASKS = {
     "ldm": "src.tasks.ldm:LDMTask",
     "char_ldm": "src.tasks.char_ldm:CharLDMTask",
     "align": "src.tasks.align:AlignTask",
+    "detokenizer": "src.tasks.detokenizer:DetokenizerTask",
 }
 
 

@@ -6,6 +6,12 @@ syncs only the trainable parameters). `forward(batch)` is the training step and 
 the key "loss" is the one optimised.
 
 Checkpoints hold exactly the parameters with `requires_grad=True`, under their names in this module.
+
+The constructor builds models only: it loads pretrained parts through `src.models.pretrained.load_pretrained`
+and reads no dataset (read data in `train_dataset`, `collate` and `sample`, or lazily on first use). A task
+that also gives `example_batch` and `conditioning_module` is covered by the real-scale shape check
+(`python -m src.tools.shape_check`, docs/shape_check.md), which builds it from config files alone on the
+meta device and runs one training step on a batch of the right shapes.
 """
 from __future__ import annotations
 
@@ -45,6 +51,19 @@ class Task(nn.Module):
     def sample(self, out_dir: Path, split: str, num_stories: Optional[int]) -> Path:
         """Draw stories of `split` with the current weights into the generated-story layout."""
         raise NotImplementedError
+
+    # ---- shape check (src/tools/shape_check.py) ---------------------------------------------------
+    def example_batch(self, batch_size: int, device: torch.device | str) -> dict:
+        """A batch of the keys the training step reads, with the dtypes and ranks `collate` gives them
+        and the recipe's sizes, made from the config alone (no dataset, no real tokenizer: see
+        src/models/pretrained.py), on `device`."""
+        raise NotImplementedError(f"task '{self.cfg.task}' ({type(self).__name__}) has no example_batch(); "
+                                  f"the shape check needs one to cover it")
+
+    def conditioning_module(self) -> Optional[nn.Module]:
+        """The submodule whose output is this stage's diffusion conditioning (e.g. [B,77,D] text states),
+        reported by the shape check; None when the stage has none."""
+        return None
 
     # ---- weights ----------------------------------------------------------------------------------
     def trainable_state_dict(self) -> dict[str, torch.Tensor]:

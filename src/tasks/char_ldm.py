@@ -1,4 +1,4 @@
-"""StoryGPT-V stage 1: Char-LDM (paper §3.1; storygpt-v-teardown.md §1).
+"""StoryGPT-V stage 1: Char-LDM (paper §3.1; docs/storygpt_v.md, docs/char_ldm.md).
 
 The baseline LDM (src/tasks/ldm.py) plus
   - character-augmented conditioning: the caption's name tokens are fused with the CLIP image embedding
@@ -82,12 +82,17 @@ class CharLDMTask(LDMTask):
         self.fuse = FuseModule(width)
         self.attention_store = AttentionStore()
         self.attention_modules = install_processors(self.unet, list(m.attention_layers), self.attention_store)
-        meta = read_meta(cfg.data.root)
-        self.character_names = [c["name"] for c in meta["characters"]]
-        self.name_patterns = name_patterns(self.character_names, dict(cfg.data.aliases))
+        self._name_patterns = None  # from the dataset's meta.json on first use (the constructor reads no data)
         self._fixed_refs = None  # {name: [3,R,R]}, loaded on first use
 
     # ---- names and references ---------------------------------------------------------------------
+    @property
+    def name_patterns(self) -> list:
+        if self._name_patterns is None:
+            names = [c["name"] for c in read_meta(self.cfg.data.root)["characters"]]
+            self._name_patterns = name_patterns(names, dict(self.cfg.data.aliases))
+        return self._name_patterns
+
     def fixed_references(self) -> dict:
         if self._fixed_refs is None:
             self._fixed_refs = fixed_references(self.cfg.data.root, read_meta(self.cfg.data.root),
@@ -121,6 +126,23 @@ class CharLDMTask(LDMTask):
                 for caption, names in zip(batch["caption"], batch["characters"])])
         return batch
 
+    def example_batch(self, batch_size: int, device) -> dict:
+        batch = super().example_batch(batch_size, device)
+        if not self.character_conditioning:
+            return batch
+        slots, size, ref = self.cfg.model.max_characters, self.cfg.data.image_size, self.image_encoder.image_size
+        batch.update({
+            "characters": [[f"character {j}" for j in range(slots)] for _ in range(batch_size)],  # every slot named
+            "char_masks": torch.zeros(batch_size, slots, size, size, device=device),
+            "ref_pixels": torch.zeros(batch_size, slots, 3, ref, ref, device=device),
+            "ref_masks": torch.zeros(batch_size, slots, 1, ref, ref, device=device),
+            "token_char": torch.zeros(batch_size, self.tokenizer.model_max_length, dtype=torch.long, device=device),
+        })
+        return batch
+
+    def conditioning_module(self):
+        return self.fuse if self.character_conditioning else super().conditioning_module()
+
     # ---- training ---------------------------------------------------------------------------------
     def encode_references(self, batch: dict, slots: torch.Tensor) -> torch.Tensor:
         """Augmented same-frame references (or, with fixed_reference_prob, the fixed ones) of the
@@ -128,8 +150,10 @@ class CharLDMTask(LDMTask):
         m = self.cfg.model
         batch_size, num_slots = slots.shape
         embeds = torch.zeros(batch_size, num_slots, self.image_encoder.embed_dim, device=slots.device)
-        if not slots.any():
-            return embeds
+        if not slots.any():  # one blank reference, weighted 0: the same modules run on every step and
+            # process (DDP needs every trainable weight in the graph; ZeRO-3 gathers weights module by module)
+            size = self.image_encoder.image_size
+            return embeds + self.image_encoder(embeds.new_zeros(1, 3, size, size)).sum() * 0.0
         aug = m.reference_augment
         refs = augment_references(batch["ref_pixels"][slots], batch["ref_masks"][slots], rotate=aug.rotate,
                                   scale=tuple(aug.scale), translate=aug.translate, flip=aug.flip,
@@ -184,10 +208,7 @@ class CharLDMTask(LDMTask):
             model_pred, target = model_pred * union, target * union
         mse = self.diffusion_loss(model_pred, target, timesteps)
         attention = attention_control_loss(maps, char_masks, attend) if record else mse.new_zeros(())
-        # Zero-weighted: keeps every trainable parameter in the graph when no frame was fused (DDP).
-        idle = sum(p.sum() for p in self.fuse.parameters()) * 0.0 + sum(
-            p.sum() for p in self.image_encoder.parameters() if p.requires_grad) * 0.0
-        loss = mse + m.attention_loss_weight * attention + idle
+        loss = mse + m.attention_loss_weight * attention
         return {"loss": loss, "mse": mse.detach(), "attention": attention.detach()}
 
     # ---- sampling ---------------------------------------------------------------------------------

@@ -1,5 +1,5 @@
 """Baseline stage 1: text-conditioned Stable Diffusion fine-tuning of the UNet ("LDM" in StoryGPT-V's
-tables, teardown §5). VAE and text encoder stay frozen; each frame is one training sample with its
+tables, docs/storygpt_v.md). VAE and text encoder stay frozen; each frame is one training sample with its
 caption.
 
 Shapes: B batch, C=3 RGB, H×W frame, c latent channels, h×w latent size, L=77 tokens, D text width.
@@ -21,6 +21,7 @@ from transformers import CLIPTextModel, CLIPTokenizer
 from src.data.datasets import FrameDataset, collate_frames
 from src.pipelines.story_sampler import build_sd_pipeline, generate_stories, prompt_drawer
 from src.data.stories import read_split
+from src.models.pretrained import load_pretrained
 from src.tasks.base import Task
 
 
@@ -36,11 +37,11 @@ class LDMModelConfig:
 def load_sd_components(path: str) -> dict:
     """The Stable Diffusion parts a training task needs, from a diffusers pipeline folder."""
     return {
-        "unet": UNet2DConditionModel.from_pretrained(path, subfolder="unet"),
-        "vae": AutoencoderKL.from_pretrained(path, subfolder="vae"),
-        "text_encoder": CLIPTextModel.from_pretrained(path, subfolder="text_encoder"),
-        "tokenizer": CLIPTokenizer.from_pretrained(path, subfolder="tokenizer"),
-        "noise_scheduler": DDPMScheduler.from_pretrained(path, subfolder="scheduler"),
+        "unet": load_pretrained(UNet2DConditionModel, path, subfolder="unet"),
+        "vae": load_pretrained(AutoencoderKL, path, subfolder="vae"),
+        "text_encoder": load_pretrained(CLIPTextModel, path, subfolder="text_encoder"),
+        "tokenizer": load_pretrained(CLIPTokenizer, path, subfolder="tokenizer"),
+        "noise_scheduler": DDPMScheduler.from_pretrained(path, subfolder="scheduler"),  # a config file only
     }
 
 
@@ -65,6 +66,14 @@ class LDMTask(Task):
 
     def collate(self, items):
         return collate_frames(items)
+
+    def example_batch(self, batch_size: int, device) -> dict:
+        size = self.cfg.data.image_size
+        return {"pixel_values": torch.zeros(batch_size, 3, size, size, device=device),
+                "caption": [""] * batch_size}
+
+    def conditioning_module(self):
+        return self.text_encoder
 
     # ---- training ---------------------------------------------------------------------------------
     def encode_text(self, captions: list[str]) -> torch.Tensor:

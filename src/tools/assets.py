@@ -3,10 +3,18 @@
 The toy dataset (`data.toy` set) and the tiny pretrained stack (`tiny_stack` set) are generated on first
 use; real datasets and weights are never downloaded: a missing one is an error that says where it goes
 and which README explains how to get it.
+
+The entries call `ensure_assets` (src/train.py, src/generate.py), never the engine. Every process of a
+multi-process launch calls it: a file lock keyed by the dataset folder lets the first one build while
+the others wait, then find everything ready (one machine; a real dataset is only checked, never built).
 """
 from __future__ import annotations
 
+import hashlib
+import tempfile
 from pathlib import Path
+
+from filelock import FileLock
 
 
 def ensure_dataset(cfg) -> Path:
@@ -35,12 +43,23 @@ def ensure_weights(cfg) -> None:
             from src.tools.tiny_llm import ensure_tiny_llm_in_stack
 
             ensure_tiny_llm_in_stack(Path(llm), Path(cfg.tiny_stack), Path(cfg.data.root))
+        if cfg.task == "detokenizer":  # SEED-Story's tiny SDXL folder and visual tokenizer
+            from src.tools.tiny_seed import ensure_tiny_seed
+
+            ensure_tiny_seed(Path(cfg.tiny_stack), Path(cfg.data.root))
     pretrained = getattr(cfg.model, "pretrained", None)
     if pretrained is not None and not Path(pretrained).exists():
         raise FileNotFoundError(f"model.pretrained={pretrained}: folder not found. Weights are never downloaded "
                                 f"at run time; see pretrained/README.md for what to put there")
 
 
+def assets_lock(cfg) -> FileLock:
+    """One lock per dataset folder, in the temp folder (always writable, whatever data.root is)."""
+    key = hashlib.sha1(str(Path(cfg.data.root).resolve()).encode()).hexdigest()[:16]
+    return FileLock(str(Path(tempfile.gettempdir()) / f"storyviz-assets-{key}.lock"))
+
+
 def ensure_assets(cfg) -> None:
-    ensure_dataset(cfg)
-    ensure_weights(cfg)
+    with assets_lock(cfg):
+        ensure_dataset(cfg)
+        ensure_weights(cfg)

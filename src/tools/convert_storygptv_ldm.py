@@ -77,6 +77,7 @@ import torch
 from safetensors.torch import save_file
 
 from src.engine.checkpoint import REQUIRED, resolve_checkpoint, step_dir_name
+from src.errors import one_line, run_entry
 
 TRAINABLE_FILE, OPTIMIZER_FILE, SCHEDULER_FILE, STATE_FILE = REQUIRED
 if not (TRAINABLE_FILE.startswith("trainable") and STATE_FILE.endswith(".json")):
@@ -253,7 +254,10 @@ def _check_fuse_shapes(fuse: dict) -> int:
 def load_source(path: Path) -> dict:
     if not path.is_file():
         raise FileNotFoundError(f"{path}: not found")
-    return torch.load(path, map_location="cpu", weights_only=True)
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, OSError) as err:  # e.g. weights_only refusing an object
+        raise ConversionError(f"{path}: cannot be loaded as a state dict: {one_line(err)}") from err
 
 
 def _for_safetensors(tensors: dict) -> dict:
@@ -341,26 +345,19 @@ def main(argv=None) -> int:
         parser.error("key=value overrides need --config")
     if args.image_encoder_trainable_layers is None and not args.config:
         parser.error("--image-encoder-trainable-layers is required without --config")
-    try:
-        cfg, layers = None, args.image_encoder_trainable_layers
-        if args.config:  # fail before writing anything
-            cfg = _load_recipe(args.config, args.overrides, layers)
-            layers = cfg.model.image_encoder_trainable_layers
-        state = load_source(args.src)
-        trainable, frozen, report = convert_state_dict(state, layers, args.num_image_layers)
-        del state
-        if cfg is not None and (args.out / "config.yaml").exists() and not args.overwrite:
-            raise FileExistsError(f"{args.out / 'config.yaml'} exists; pass --overwrite to replace it")
-        info = {"converted_from": str(args.src.resolve()), "converter": "src.tools.convert_storygptv_ldm",
-                "conversion": report}
-        ckpt = write_checkpoint(args.out, trainable, frozen, info, overwrite=args.overwrite)
-        config = _write_config(cfg, args.out, args.overwrite) if cfg is not None else None
-    except (ValueError, FileNotFoundError, FileExistsError) as err:  # ConversionError, ConfigError included
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    except (pickle.UnpicklingError, RuntimeError, OSError) as err:  # e.g. torch.load refusing the file
-        print(f"error: {args.src}: {err}", file=sys.stderr)
-        return 2
+    cfg, layers = None, args.image_encoder_trainable_layers
+    if args.config:  # fail before writing anything
+        cfg = _load_recipe(args.config, args.overrides, layers)
+        layers = cfg.model.image_encoder_trainable_layers
+    state = load_source(args.src)
+    trainable, frozen, report = convert_state_dict(state, layers, args.num_image_layers)
+    del state
+    if cfg is not None and (args.out / "config.yaml").exists() and not args.overwrite:
+        raise FileExistsError(f"{args.out / 'config.yaml'} exists; pass --overwrite to replace it")
+    info = {"converted_from": str(args.src.resolve()), "converter": "src.tools.convert_storygptv_ldm",
+            "conversion": report}
+    ckpt = write_checkpoint(args.out, trainable, frozen, info, overwrite=args.overwrite)
+    config = _write_config(cfg, args.out, args.overwrite) if cfg is not None else None
     dropped = report["dropped"]
     print(f"converted {args.src} -> {ckpt}")
     print(f"  trainable: unet {report['unet']}, fuse {report['fuse']}, image encoder "
@@ -379,4 +376,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_entry(main))

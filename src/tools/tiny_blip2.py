@@ -2,8 +2,8 @@
 
     python -m src.tools.tiny_blip2 --out pretrained/tiny/blip2 [--data data/toy] [--seed 0]
 
-Same component types and on-disk layout as Salesforce/blip2-opt-2.7b (DESIGN.md, "tiny pretrained
-stack"): Blip2ForConditionalGeneration with an OPT language model, a Blip2Processor with a
+Same component types and on-disk layout as Salesforce/blip2-opt-2.7b (pretrained/README.md,
+"the tiny stack"): Blip2ForConditionalGeneration with an OPT language model, a Blip2Processor with a
 BlipImageProcessor and an OPT-style byte-level BPE tokenizer (`</s>` as BOS/EOS, `<pad>`, `<image>`).
 The tokenizer is trained here on the toy captions (or a built-in word list), so nothing is
 downloaded. Weights are random: captions exercise the code path, they mean nothing.

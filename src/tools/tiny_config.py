@@ -1,23 +1,21 @@
 """Schema of configs/pretrained/tiny.yaml, the sizes and training steps of the tiny pretrained stack.
 
-The YAML holds values only; this dataclass schema gives every key its type and default, so a typo or a
-wrongly typed value is an error naming the file and the key (DESIGN.md, "Conventions").
+The YAML holds values only; this dataclass schema gives every key its type and default. Loading goes
+through src/config.py (`read_yaml`, `merge_onto_schema`), as for every other config, so a typo or a
+wrongly typed value is a ConfigError naming the file and the key (docs/architecture.md, "Configs").
 Defaults mirror the real Stable Diffusion 1.5 / CLIP ViT-L/14 *layout* at toy widths.
 """
 
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, List, Optional, Union
+from typing import List, Optional, Union
 
 from omegaconf import OmegaConf
-from omegaconf.errors import OmegaConfBaseException
+
+from src.config import ConfigError, merge_onto_schema, read_yaml
 
 # The default recipe lives next to the other configs: <repo>/configs/pretrained/tiny.yaml.
 DEFAULT_TINY_CONFIG = Path(__file__).resolve().parents[2] / "configs" / "pretrained" / "tiny.yaml"
-
-
-class TinyStackConfigError(ValueError):
-    """A bad tiny-stack config: names the file and the key at fault."""
 
 
 @dataclass
@@ -124,43 +122,27 @@ def load_tiny_config(
 ) -> TinyStackConfig:
     """Load a tiny-stack config: a YAML path (default configs/pretrained/tiny.yaml), a plain dict or a
     TinyStackConfig; `overrides` is a nested dict merged on top. Unknown keys and wrong types raise
-    TinyStackConfigError naming the source and the dotted key."""
+    ConfigError naming the source and the dotted key."""
     if isinstance(source, TinyStackConfig):
         name, values = "<TinyStackConfig>", OmegaConf.structured(source)
     elif isinstance(source, dict):
         name, values = "<dict>", source
     else:
         path = Path(source) if source is not None else DEFAULT_TINY_CONFIG
-        if not path.is_file():
-            raise TinyStackConfigError(f"tiny-stack config file not found: {path}")
-        name = str(path)
-        try:
-            values = OmegaConf.load(path)
-        except Exception as error:  # YAML syntax errors come in several types
-            raise TinyStackConfigError(f"{path}: cannot parse YAML: {error}") from error
-    merged = _merge_onto_schema(name, values)
+        name, values = str(path), read_yaml(path)
+    merged = merge_onto_schema(OmegaConf.structured(TinyStackConfig), name, values)
     if overrides:
-        merged = _merge_onto_schema("<overrides>", overrides, base=merged)
+        merged = merge_onto_schema(merged, "<overrides>", overrides)
     config = OmegaConf.to_object(merged)
     validate_tiny_config(config, name)
     return config
-
-
-def _merge_onto_schema(name: str, values: Any, base: Any = None):
-    schema = base if base is not None else OmegaConf.structured(TinyStackConfig)
-    try:
-        return OmegaConf.merge(schema, values)
-    except OmegaConfBaseException as error:
-        key = getattr(error, "full_key", None) or getattr(error, "key", None) or "?"
-        reason = str(error).splitlines()[0]
-        raise TinyStackConfigError(f"{name}: bad key '{key}': {reason}") from error
 
 
 def validate_tiny_config(config: TinyStackConfig, name: str = "<config>") -> None:
     """Check the relations between values that the types alone cannot express."""
 
     def fail(key: str, message: str) -> None:
-        raise TinyStackConfigError(f"{name}: key '{key}': {message}")
+        raise ConfigError(f"{name}: key '{key}': {message}")
 
     unet, vae, text, vision = config.unet, config.vae, config.text_encoder, config.vision_encoder
     if len(unet.block_out_channels) != 4:

@@ -1,6 +1,6 @@
 """Randomly initialised tiny stand-ins for SD 1.5's UNet, text encoder and scheduler, and for
-CLIP ViT-L/14: the real component classes and block layouts at toy widths (DESIGN.md,
-"The embedded default"). Every builder seeds torch itself, so a component depends only on its seed.
+CLIP ViT-L/14: the real component classes and block layouts at toy widths (pretrained/README.md,
+"The tiny stack"). Every builder seeds torch itself, so a component depends only on its seed.
 
 Shape legend: B batch, L tokens (77), D text width, C latent channels, H/W latent size.
 The UNet maps latents [B, C, H, W] + encoder_hidden_states [B, L, D] -> [B, C, H, W].

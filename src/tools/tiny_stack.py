@@ -1,5 +1,5 @@
 """Build the tiny pretrained stack: HF-format folders with the on-disk layouts of the real weights, so
-the same `from_pretrained` code serves the toy and the real run (DESIGN.md, "The embedded default").
+the same `from_pretrained` code serves the toy and the real run (docs/architecture.md, pretrained/README.md).
 
     <out_dir>/stable-diffusion-v1-5/   diffusers StableDiffusionPipeline folder (unet, vae, text_encoder,
                                        tokenizer, scheduler; no safety checker)
@@ -225,7 +225,7 @@ def describe_reconstruction(reconstruction: dict) -> str:
 
 
 def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(description="Build the tiny pretrained stack (DESIGN.md, 'The embedded default').")
+    parser = argparse.ArgumentParser(description="Build the tiny pretrained stack (pretrained/README.md).")
     parser.add_argument("--out", required=True, help="stack folder to create, e.g. pretrained/tiny")
     parser.add_argument("--data", required=True, help="dataset folder whose train/val frames train the VAE, e.g. data/toy")
     parser.add_argument("--config", default=None, help="tiny-stack YAML (default configs/pretrained/tiny.yaml)")

@@ -1,4 +1,4 @@
-"""ARLDM's HDF5 files for FlintstonesSV / PororoSV (field-survey.md §4, "copy the HDF5 layout").
+"""ARLDM's HDF5 files for FlintstonesSV / PororoSV (data/README.md; ARLDM ships the scripts that build them, not the files).
 
     <name>.h5
       train/ val/ test/            one group per split, story i at row i

@@ -15,10 +15,12 @@ from typing import Any, Callable
 import numpy as np
 from PIL import Image
 
+from src.errors import StoryVizError
+
 CONVERTER_VERSION = "1"
 
 
-class ConversionError(RuntimeError):
+class ConversionError(StoryVizError):
     """A problem that stops the whole conversion (a missing top-level file, bad options)."""
 
 

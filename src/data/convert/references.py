@@ -1,6 +1,6 @@
 """One reference image per character (meta.json `characters[].reference`, files under chars/).
 
-StoryGPT-V's inference fuses a fixed portrait per character (teardown §1, `data/chars/{name}.jpeg`);
+StoryGPT-V's inference fuses a fixed portrait per character (docs/storygpt_v.md; its release's `data/chars/{name}.jpeg`);
 its release has them for Flintstones only, so Pororo never fused references. Here:
 1. a release portrait is copied as is when the source ships one (checked to decode);
 2. otherwise one is built deterministically from the converted *train* stories (never val/test, so

@@ -1,4 +1,4 @@
-"""The StoryDALL-E original FlintstonesSV release (storygpt-v-teardown.md §2, field-survey.md).
+"""The StoryDALL-E original FlintstonesSV release (data/README.md).
 
     train-val-test_split.json          {'train','val','test': [clip id]}
     flintstones_annotations_v1-0.json  [{'globalID', 'description', 'characters': [{'entityLabel', ...}], ...}]

@@ -1,4 +1,4 @@
-"""StoryGPT-V's processed FlintstonesSV / PororoSV release (storygpt-v-teardown.md §2).
+"""StoryGPT-V's processed FlintstonesSV / PororoSV release (docs/storygpt_v.md, "Data the released code expects"; data/README.md).
 
     split.json                          {'train','val','test': [clip id]}
     cleaned_annotations.json            {id: {'caption' (F) | 'captions' [..] (P), 'tokens',

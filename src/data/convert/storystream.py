@@ -1,4 +1,4 @@
-"""StoryStream (SEED-Story's dataset; seed-story-README.md, seed-story-teardown.md §3).
+"""StoryStream (SEED-Story's dataset; docs/seed_story.md, "Data").
 
     <source>/**/{train,val,test}.jsonl   one story per line: {"id", "images": [30 paths], "captions": [30],
                                          "orders": [...]}; 'valid'/'validation' are read as val

@@ -1,0 +1,196 @@
+"""SEED-Story stage 1: pre-train the de-tokenizer to draw a frame back from its own visual-tokenizer
+features (SEED-Story §3.1 stage 1; SEED-X §3.1). Ground-truth features of the frame condition an SDXL
+UNet through ResamplerXL; the target is the frame's VAE latent, ε-prediction MSE under DDPM noise.
+SEED-X never released this stage's training code; the recipe follows its paper and the released
+adaptation stage (same loss, same trainable-module choices).
+
+What trains (`model.train_unet`): the resampler always; the UNet fully ("full"), only every attention's
+to_k/to_v ("to_kv", the released adaptation stage's choice), or not at all ("none"). The VAE and the
+tokenizer are frozen.
+
+Shapes: B batch, S frame size, L feature tokens, E feature width, c/h/w latent channels and size.
+  pixel_values [B,3,S,S] in [-1,1] -> features [B,L,E] (frozen tokenizer), latents [B,c,h,w] (frozen VAE)
+  time_ids [B,6] = original (h, w) + crop (top, left) + target (S, S)
+  model_pred, target [B,c,h,w]
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+import torch
+from diffusers import AutoencoderKL, DDPMScheduler, StableDiffusionXLPipeline, UNet2DConditionModel
+from diffusers.models.autoencoders.vae import DiagonalGaussianDistribution
+from PIL import Image
+
+from src.data.datasets import FrameDataset, collate_frames
+from src.data.stories import read_split, resolve
+from src.data.transforms import load_frame
+from src.models.detokenizer import NUM_TIME_IDS, TRAINABLE_UNET, Detokenizer, load_detokenizer, sdxl_time_ids
+from src.models.resamplers import NORMALIZE_MODES, ResamplerXL
+from src.models.visual_tokenizer import build_visual_tokenizer
+from src.pipelines.story_sampler import frame_generator, make_scheduler, write_stories
+from src.tasks.ldm import LDMTask
+
+
+@dataclass
+class DetokenizerModelConfig:
+    pretrained: str = "pretrained/stable-diffusion-xl-base-1.0"  # diffusers SDXL folder: unet, vae, scheduler
+    tokenizer: str = "qwen_vit"           # qwen_vit | hf | open_clip (src/models/visual_tokenizer.py)
+    tokenizer_path: str = "pretrained/qwen_vit_G.safetensors"
+    tokenizer_arch: Optional[str] = None  # open_clip only: the architecture name
+    # A converted de-tokenizer (src.tools.convert_seed_detokenizer): UNet + resampler weights, and the
+    # resampler's hyper-parameters from the file, which then override the resampler_* keys below.
+    init_weights: Optional[str] = None
+    train_unet: str = "full"              # full | to_kv | none
+    normalize: str = "token"              # token | released (SEED-Story's across-token F.normalize) | none
+    resampler_dim: int = 1024
+    resampler_depth: int = 4
+    resampler_heads: int = 16
+    resampler_dim_head: int = 64
+    resampler_latents: int = 64
+    resampler_ff_mult: int = 4
+    uncond_prob: float = 0.1              # features replaced by the empty image's (classifier-free guidance)
+    # Encode every training frame once with the frozen tokenizer and VAE (features + latent posterior) and
+    # keep them in memory: same losses, no frozen forward passes per step. For small datasets (toy).
+    cache_frozen: bool = False
+    noise_offset: float = 0.0
+    snr_gamma: float = 0.0
+    gradient_checkpointing: bool = False
+
+
+class DetokenizerFrames(FrameDataset):
+    """Frames with SDXL time ids: the stored frame's (h, w) as original size, no crop (frames are resized
+    whole to the square training size), target (S, S)."""
+
+    def __getitem__(self, i: int) -> dict:
+        item = super().__getitem__(i)
+        s, k = self.index[i]
+        path = resolve(self.data.root, self.stories[s].images[k])
+        with Image.open(path) as image:  # reads the header only
+            width, height = image.size
+        size = self.data.image_size
+        item["time_ids"] = torch.tensor(sdxl_time_ids((height, width), (0, 0), (size, size)), dtype=torch.float32)
+        item["index"] = i  # the frame's row in the frozen-output cache
+        return item
+
+
+class DetokenizerTask(LDMTask):
+    """Shares LDMTask's latent encoding, training noise and diffusion loss; the SD 1.5 text stack is not
+    loaded (Task.__init__ directly)."""
+    ModelConfig = DetokenizerModelConfig
+
+    def __init__(self, cfg):
+        super(LDMTask, self).__init__(cfg)
+        m = cfg.model
+        for key, value, allowed in (("train_unet", m.train_unet, TRAINABLE_UNET),
+                                    ("normalize", m.normalize, NORMALIZE_MODES)):
+            if value not in allowed:
+                raise ValueError(f"key 'model.{key}': {value!r} is not one of {', '.join(allowed)}")
+        self.vae = AutoencoderKL.from_pretrained(m.pretrained, subfolder="vae").requires_grad_(False)
+        self.noise_scheduler = DDPMScheduler.from_pretrained(m.pretrained, subfolder="scheduler")
+        self.visual_tokenizer = build_visual_tokenizer(m.tokenizer, m.tokenizer_path, m.tokenizer_arch)
+        unet = UNet2DConditionModel.from_pretrained(m.pretrained, subfolder="unet")
+        if m.init_weights:
+            self.detokenizer = load_detokenizer(unet, m.init_weights)
+        else:
+            pooled = unet.config.projection_class_embeddings_input_dim - NUM_TIME_IDS * unet.config.addition_time_embed_dim
+            feature_dim = self.visual_tokenizer.empty_features(1).shape[-1]
+            self.detokenizer = Detokenizer(unet, ResamplerXL(
+                input_dim=feature_dim, dim=m.resampler_dim, depth=m.resampler_depth, dim_head=m.resampler_dim_head,
+                heads=m.resampler_heads, num_latents=m.resampler_latents,
+                output1_dim=unet.config.cross_attention_dim - pooled, output2_dim=pooled,
+                ff_mult=m.resampler_ff_mult, normalize=m.normalize))
+        self.detokenizer.set_trainable(m.train_unet)
+        if m.gradient_checkpointing:
+            unet.enable_gradient_checkpointing()
+        self.frozen_cache: Optional[dict] = None  # cache_frozen: built at the first training step
+
+    # ---- data -------------------------------------------------------------------------------------
+    def train_dataset(self):
+        return DetokenizerFrames(self.cfg.data.root, "train", self.cfg.data.image_size)
+
+    def collate(self, items):
+        return collate_frames(items)
+
+    # ---- training ---------------------------------------------------------------------------------
+    def drop_condition(self, features: torch.Tensor, drop_prob: float) -> torch.Tensor:
+        """With probability `drop_prob` a frame's features become the empty image's."""
+        if drop_prob > 0:
+            drop = torch.rand(features.shape[0], device=features.device) < drop_prob
+            if drop.any():
+                empty = self.visual_tokenizer.empty_features(1).to(features.dtype)
+                features = torch.where(drop[:, None, None], empty, features)
+        return features
+
+    @torch.no_grad()
+    def build_frozen_cache(self, device) -> dict:
+        """Tokenizer features and VAE posterior moments of every training frame, in dataset order."""
+        dataset, features, moments = self.train_dataset(), [], []
+        for start in range(0, len(dataset), 64):
+            frames = torch.stack([dataset[i]["pixel_values"] for i in range(start, min(start + 64, len(dataset)))])
+            frames = frames.to(device)
+            features.append(self.visual_tokenizer(frames).cpu())
+            moments.append(self.vae.encode(frames.to(self.vae.dtype)).latent_dist.parameters.cpu())
+        return {"features": torch.cat(features), "moments": torch.cat(moments)}
+
+    def frozen_outputs(self, batch) -> tuple[torch.Tensor, torch.Tensor]:
+        """(latents, features) of the batch's frames; from the cache when `model.cache_frozen` is set,
+        where the latent is drawn from the cached posterior exactly as encode_latents draws it."""
+        pixels = batch["pixel_values"]
+        if not self.cfg.model.cache_frozen:
+            return self.encode_latents(pixels), self.visual_tokenizer(pixels)
+        if self.frozen_cache is None:
+            self.frozen_cache = self.build_frozen_cache(pixels.device)
+        index = batch["index"].cpu()
+        posterior = DiagonalGaussianDistribution(self.frozen_cache["moments"][index].to(pixels.device))
+        latents = posterior.sample() * self.vae.config.scaling_factor
+        return latents, self.frozen_cache["features"][index].to(pixels.device)
+
+    def training_step(self, batch):
+        latents, features = self.frozen_outputs(batch)
+        features = self.drop_condition(features, self.cfg.model.uncond_prob)
+        noise, timesteps, noisy_latents = self.add_training_noise(latents)
+        model_pred = self.detokenizer(noisy_latents, timesteps, features, batch["time_ids"])
+        target = self.diffusion_target(latents, noise, timesteps)
+        return {"loss": self.diffusion_loss(model_pred, target, timesteps)}
+
+    # ---- sampling: reconstructions -----------------------------------------------------------------
+    def pipeline(self) -> StableDiffusionXLPipeline:
+        base = DDPMScheduler.load_config(self.cfg.model.pretrained, subfolder="scheduler")
+        pipe = StableDiffusionXLPipeline(vae=self.vae, text_encoder=None, text_encoder_2=None, tokenizer=None,
+                                         tokenizer_2=None, unet=self.detokenizer.unet,
+                                         scheduler=make_scheduler(self.cfg.sample.scheduler, base))
+        pipe.set_progress_bar_config(disable=True)
+        return pipe
+
+    @torch.no_grad()
+    def sample(self, out_dir: Path, split: str, num_stories: Optional[int] = None, seed: Optional[int] = None,
+               extra_meta: Optional[dict] = None) -> Path:
+        """Encode every frame of `split`'s stories and draw it back (CFG against the empty image's
+        features) into the generated-story layout."""
+        root, size, s = self.cfg.data.root, self.cfg.data.image_size, self.cfg.sample
+        seed = s.seed if seed is None else seed
+        stories = read_split(root, split)[1][:num_stories or None]
+        pipe = self.pipeline()
+        device = self.vae.device
+        neg_states, neg_pooled = self.detokenizer.encode(self.visual_tokenizer.empty_features(1))
+        jobs = [(i, k) for i, story in enumerate(stories) for k in range(story.num_frames)]
+        images = {}
+        for start in range(0, len(jobs), s.batch_size):
+            chunk = jobs[start:start + s.batch_size]
+            frames = torch.stack([load_frame(resolve(root, stories[i].images[k]), size) for i, k in chunk])
+            states, pooled = self.detokenizer.encode(self.visual_tokenizer(frames.to(device)))
+            n = len(chunk)
+            drawn = pipe(prompt_embeds=states, pooled_prompt_embeds=pooled,
+                         negative_prompt_embeds=neg_states.expand(n, -1, -1),
+                         negative_pooled_prompt_embeds=neg_pooled.expand(n, -1), height=size, width=size,
+                         num_inference_steps=s.num_inference_steps, guidance_scale=s.guidance_scale,
+                         generator=[frame_generator(seed, i, k, device) for i, k in chunk], output_type="pil").images
+            images.update(zip(chunk, drawn))
+        info = {"num_stories": len(stories), "caption_field": "captions", "seed": seed, "task": "detokenizer",
+                "num_inference_steps": s.num_inference_steps, "guidance_scale": s.guidance_scale,
+                "scheduler": s.scheduler, "image_size": size, "dataset_root": str(root), "split": split,
+                "condition": "ground-truth tokenizer features of each frame (reconstruction)", **(extra_meta or {})}
+        return write_stories(images, stories, Path(out_dir), "captions", info)
