@@ -28,6 +28,7 @@ def main(argv=None) -> None:
     parser.add_argument("--stories", type=int, default=1, help="stories per length")
     parser.add_argument("--steps", type=int, default=None, help="sample.num_inference_steps (default: the run's)")
     parser.add_argument("--device", default=None)
+    parser.add_argument("overrides", nargs="*", help="key=value overrides of the align run's config")
     args = parser.parse_args(argv)
 
     from src.data.toy import generate_toy_dataset
@@ -40,7 +41,7 @@ def main(argv=None) -> None:
         for frames in args.lengths:
             root = generate_toy_dataset(Path(tmp) / f"toy{frames}", num_train=0, num_val=0, num_test=args.stories,
                                         frames_per_story=frames, num_workers=1, progress=False)
-            overrides = [f"data.root={root}", f"data.frames_per_story={frames}"]
+            overrides = [*args.overrides, f"data.root={root}", f"data.frames_per_story={frames}"]
             if args.steps:
                 overrides.append(f"sample.num_inference_steps={args.steps}")
             align = load_task_from_checkpoint(args.align, overrides=overrides)[0].to(device).eval()
