@@ -38,6 +38,16 @@ def _story_means(pairs, per_frame):
     return per_story
 
 
+def pronoun_frames(pairs):
+    """Indices (in pair order) of the frames whose co-reference caption differs from the original one
+    (a name became a pronoun), or None when the ground truth has no co-reference captions."""
+    if not all(truth.get("captions_coref") for _, truth in pairs):
+        return None
+    flags = [coref != original for _, truth in pairs
+             for coref, original in zip(truth["captions_coref"], truth["captions"])]
+    return torch.tensor([i for i, flag in enumerate(flags) if flag], dtype=torch.long)
+
+
 def evaluate(samples_dir, protocol, compare_dir=None, log=print):
     """All of the protocol's metrics for a samples folder, as the dict written to metrics.json."""
     samples_dir, data_root, split = Path(samples_dir), Path(protocol["dataset"]), protocol["split"]
@@ -67,6 +77,15 @@ def evaluate(samples_dir, protocol, compare_dir=None, log=print):
         rows.update(new_rows)
         per_frame.update(frames)
         details["classifier"].update(counts)
+        pronoun = pronoun_frames(pairs)
+        if pronoun is not None and len(pronoun):  # co-reference: the frames whose caption names nobody, on their own
+            subset = [tuple(None if t is None else t[pronoun] for t in out) for out in classifier_out]
+            sub_rows, _, _ = scoring.score_classifier(*subset, [labels[i] for i in pronoun.tolist()],
+                                                      len(config["backgrounds"]))
+            for name, row in sub_rows.items():
+                row["note"] = f"{len(pronoun)} of {len(labels)} frames (caption has a pronoun)"
+                rows[name.replace(" (%)", ", pronoun frames (%)")] = row
+            details["pronoun_frames"] = len(pronoun)
     if "fid" in names:
         torch.manual_seed(protocol["seed"])
         features = (classifier_out[0][0], classifier_out[1][0]) if classifier_out else None
@@ -106,10 +125,14 @@ def evaluate(samples_dir, protocol, compare_dir=None, log=print):
         details["judge"]["failed_attempts"] = len(client.failures)
 
     generation_file = samples_dir / "generation.json"
+    generation = json.loads(generation_file.read_text(encoding="utf-8")) if generation_file.is_file() else None
+    if generation is not None and "caption_field" in generation:
+        rows = {"Captions drawn from": {"value": generation["caption_field"], "ceiling": None,
+                                        "note": "captions_coref: names replaced by pronouns"}, **rows}
     return {
         "samples": str(samples_dir), "dataset": str(data_root), "split": split,
         "stories": len(pairs), "frames": len(generated), "protocol": protocol,
-        "generation": json.loads(generation_file.read_text(encoding="utf-8")) if generation_file.is_file() else None,
+        "generation": generation,
         "metrics": rows, "details": details, "per_story": per_story,
     }
 

@@ -3,7 +3,9 @@
 #   bash scripts/eval.sh DATASET CKPT [protocol key=value ...]
 # CKPT: a run folder (its latest checkpoint) or outputs/<stage>/<dataset>/<run>/checkpoints/step_NNNNNN.
 # Writes CKPT/eval/samples_test/ (the samples), CKPT/eval/metrics.json and CKPT/eval/report.html;
-# EVAL_OUT=DIR writes them under DIR instead. Seed 0 throughout: a second run gives the same numbers.
+# EVAL_OUT=DIR writes them under DIR instead; CAPTIONS=captions_coref draws from the co-reference captions;
+# GENERATE_ARGS="key=value ..." are passed to src.generate.
+# Seed 0 throughout: a second run gives the same numbers.
 source "$(dirname "$0")/_env.sh"
 if [ $# -lt 2 ]; then
   echo "usage: bash scripts/eval.sh DATASET CKPT [protocol key=value ...]" >&2
@@ -28,5 +30,7 @@ if [ -f "$SAMPLES/stories.jsonl" ]; then
 fi
 mkdir -p "$OUT"
 ensure_venv requirements.txt
-python -m src.generate --checkpoint "$CKPT" --split test --out "$SAMPLES" --seed 0
+# shellcheck disable=SC2086
+python -m src.generate --checkpoint "$CKPT" --split test --out "$SAMPLES" --seed 0 \
+  ${CAPTIONS:+data.caption_field=$CAPTIONS} ${GENERATE_ARGS:-}
 python -m eval.run --samples "$SAMPLES" --protocol "$PROTOCOL" --out "$OUT" "$@"

@@ -62,9 +62,11 @@ class OptimConfig:
     weight_decay: float = 1e-2
     betas: List[float] = field(default_factory=lambda: [0.9, 0.999])
     eps: float = 1e-8
-    schedule: str = "constant"           # constant | cosine (after warmup)
+    schedule: str = "constant"           # constant | cosine | step (after warmup)
     warmup_steps: int = 0
     fused: bool = False                  # PyTorch's fused AdamW kernel (bench/README.md measures it)
+    decay_every: int = 10000             # schedule step: lr x decay_factor every N steps after warmup
+    decay_factor: float = 0.1
 
 
 @dataclass
@@ -83,6 +85,8 @@ class TrainConfig:
     keep_last: int = 3
     resume: Optional[str] = None         # "latest" or a checkpoint folder
     max_minutes: float = 0.0             # wall-clock budget; 0 = none. Stops with a final checkpoint.
+    validate_every: int = 0              # task.validate() every N steps and at the end (0: never); the
+                                         # weights scoring best on the task's best_metric go to <run>/best/
 
 
 @dataclass
@@ -119,7 +123,7 @@ class RunConfig:
 
 
 CHOICES = {
-    "optim.schedule": ("constant", "cosine"),
+    "optim.schedule": ("constant", "cosine", "step"),
     "train.mixed_precision": ("no", "fp16", "bf16"),
     "data.caption_field": ("captions", "captions_coref"),
 }

@@ -2,7 +2,7 @@
 
 `python -m src.generate --checkpoint outputs/ldm/toy/default --split test --out outputs/samples/toy`
 
---checkpoint is a run folder (its latest checkpoint) or one `checkpoints/step_NNNNNN` folder. The run's
+--checkpoint is a run folder (its latest checkpoint), one `checkpoints/step_NNNNNN` folder or `<run>/best`. The run's
 saved config.yaml rebuilds the models; key=value overrides change sampling (e.g. sample.guidance_scale=3).
 Writes the generated-story layout (docs/story_format.md). A bad input is one line on stderr and exit
 status 2; --debug shows the traceback (src/errors.py).
@@ -15,15 +15,7 @@ from pathlib import Path
 
 from src.config import load_config
 from src.errors import run_entry
-
-
-def run_folder_of(checkpoint: Path) -> Path:
-    checkpoint = checkpoint.resolve()
-    if (checkpoint / "config.yaml").is_file():
-        return checkpoint
-    if (checkpoint.parent.parent / "config.yaml").is_file():  # <run>/checkpoints/step_N
-        return checkpoint.parent.parent
-    raise FileNotFoundError(f"{checkpoint}: neither a run folder nor a checkpoint inside one (no config.yaml)")
+from src.tasks.from_checkpoint import run_folder_of
 
 
 def main(argv=None) -> int:
@@ -43,12 +35,13 @@ def main(argv=None) -> int:
 
     import torch
 
-    from src.engine.checkpoint import load_trainable, resolve_checkpoint
+    from src.engine.checkpoint import load_trainable
     from src.tasks import build_task
+    from src.tasks.from_checkpoint import resolve_run_checkpoint
     from src.tools.assets import ensure_assets
 
     ensure_assets(cfg)
-    ckpt = resolve_checkpoint(str(args.checkpoint), run_dir / "checkpoints")  # a run folder -> its latest
+    ckpt = resolve_run_checkpoint(args.checkpoint)[1]  # a run folder -> its latest; <run>/best as it is
     use_ema = args.weights == "ema" or (args.weights == "auto" and (ckpt / "ema.safetensors").is_file())
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     task = build_task(cfg)

@@ -148,3 +148,15 @@ def test_bad_samples_are_named(toy_root, tmp_path, classifier_dir):
     (samples / "test_00001" / "2.png").unlink()
     with pytest.raises(EvalInputError, match=r"test_00001/2\.png: frame not found"):
         write_report(samples, tmp_path / "page.html")
+
+
+def test_pronoun_caption_frames_are_also_scored_on_their_own(scored, toy_root):
+    results, _, _ = scored
+    real, noise = results["real"], results["noise"]
+    stories = [json.loads(line) for line in (toy_root / "test.jsonl").read_text().splitlines()]
+    count = sum(coref != original for s in stories for coref, original in zip(s["captions_coref"], s["captions"]))
+    assert 0 < count < 32 and real["details"]["pronoun_frames"] == count
+    for name in ("Char-Acc, pronoun frames (%)", "Char-F1, pronoun frames (%)"):
+        row = real["metrics"][name]
+        assert row["value"] == row["ceiling"] and row["note"].startswith(f"{count} of 32 frames")
+        assert noise["metrics"][name]["value"] < row["value"]

@@ -64,13 +64,13 @@ def _pick(rng: np.random.Generator, pool: list[str], low: int, high: int) -> lis
     return [pool[i] for i in sorted(rng.choice(len(pool), size=count, replace=False))]
 
 
-def plan_story(rng: np.random.Generator) -> tuple[list[list[str]], list[str]]:
+def plan_story(rng: np.random.Generator, frames: int = FRAMES_PER_STORY) -> tuple[list[list[str]], list[str]]:
     """Characters and background per frame. A small cast makes characters recur, so co-reference is common."""
     names = [c.name for c in CHARACTERS]
     cast = _pick(rng, names, *(2 * [int(rng.choice(CAST_SIZES, p=CAST_WEIGHTS))]))
     characters = [_pick(rng, cast, 1, len(cast))]
     backgrounds = [BACKGROUNDS[rng.integers(len(BACKGROUNDS))]]
-    for _ in range(1, FRAMES_PER_STORY):
+    for _ in range(1, frames):
         previous = characters[-1]
         if rng.random() < P_KEEP_CAST:
             frame = _pick(rng, previous, 1, len(previous))
@@ -125,11 +125,12 @@ def _save_png(array: np.ndarray, path: Path):
     Image.fromarray(array).save(path, format="PNG", compress_level=6)
 
 
-def make_story(seed: int, split: str, index: int, image_size: int, out_dir: Path) -> dict:
+def make_story(seed: int, split: str, index: int, image_size: int, out_dir: Path,
+               frames: int = FRAMES_PER_STORY) -> dict:
     """Draw story `index` of `split`, write its frames and masks under out_dir, return its story line."""
     rng = np.random.default_rng([seed, SPLIT_CODES[split], index])
     story_id = f"{split}_{index:05d}"
-    characters, backgrounds = plan_story(rng)
+    characters, backgrounds = plan_story(rng, frames)
     layouts = {b: background_layout(b, rng) for b in BACKGROUNDS}  # one layout per story: places stay put
     line = {"id": story_id, "images": [], "captions": [], "captions_coref": [], "characters": characters,
             "boxes": [], "masks": [], "backgrounds": backgrounds}
@@ -147,22 +148,22 @@ def make_story(seed: int, split: str, index: int, image_size: int, out_dir: Path
 
 
 def _make_chunk(args) -> list[dict]:
-    seed, split, indices, image_size, out_dir = args
-    return [make_story(seed, split, i, image_size, Path(out_dir)) for i in indices]
+    seed, split, indices, image_size, out_dir, frames = args
+    return [make_story(seed, split, i, image_size, Path(out_dir), frames) for i in indices]
 
 
 # ----------------------------------------------------------------------------------------------
 # the whole dataset
 
 
-def _meta(seed: int, image_size: int, counts: dict[str, int]) -> dict:
+def _meta(seed: int, image_size: int, counts: dict[str, int], frames: int = FRAMES_PER_STORY) -> dict:
     return {
         "name": "toy",
         "format_version": 1,
         "source": f"src.data.toy (seed {seed})",
         "converter_version": GENERATOR_VERSION,
         "frame_size": [image_size, image_size],
-        "frames_per_story": FRAMES_PER_STORY,
+        "frames_per_story": frames,
         "characters": [{"name": c.name, "gender": c.gender, "reference": f"chars/{c.name}.png",
                         "shape": c.shape, "colour": list(c.colour)} for c in CHARACTERS],
         "backgrounds": list(BACKGROUNDS),
@@ -172,14 +173,18 @@ def _meta(seed: int, image_size: int, counts: dict[str, int]) -> dict:
 
 def generate_toy_dataset(out_dir, seed: int = 0, num_train: int = 2000, num_val: int = 200, num_test: int = 200,
                          image_size: int = 64, num_workers: int = 2, overwrite: bool = False,
-                         progress: bool = True) -> Path:
+                         progress: bool = True, frames_per_story: int = FRAMES_PER_STORY) -> Path:
     """Write the toy dataset to `out_dir` and return its path. An existing `out_dir` is an error unless
-    `overwrite`; an interrupted run leaves only a hidden `.<name>.partial-<pid>` folder, never `out_dir`."""
+    `overwrite`; an interrupted run leaves only a hidden `.<name>.partial-<pid>` folder, never `out_dir`.
+    `frames_per_story` > 4 gives long stories (StoryGPT-V Table 5: 10/20/40/50 frames); the default 4
+    draws exactly the stories it always drew."""
     out_dir = Path(out_dir)
     counts = {"train": num_train, "val": num_val, "test": num_test}
     for split, count in counts.items():
         if count < 0:
             raise ValueError(f"num_{split} must be >= 0, got {count}")
+    if frames_per_story < 1:
+        raise ValueError(f"frames_per_story must be >= 1, got {frames_per_story}")
     if image_size < 32:
         raise ValueError(f"image_size must be >= 32 for recognisable sprites, got {image_size}")
     if out_dir.exists() and not overwrite:
@@ -193,7 +198,7 @@ def generate_toy_dataset(out_dir, seed: int = 0, num_train: int = 2000, num_val:
         for char in CHARACTERS:
             _save_png(draw_reference(char, image_size), tmp / "chars" / f"{char.name}.png")
         chunk = 25
-        jobs = [(seed, split, list(range(start, min(start + chunk, count))), image_size, str(tmp))
+        jobs = [(seed, split, list(range(start, min(start + chunk, count))), image_size, str(tmp), frames_per_story)
                 for split, count in counts.items() for start in range(0, count, chunk)]
         lines: dict[str, list[dict]] = {split: [] for split in counts}
         bar = tqdm(total=sum(counts.values()), desc=f"toy stories -> {out_dir}", unit="story", disable=not progress)
@@ -212,7 +217,7 @@ def generate_toy_dataset(out_dir, seed: int = 0, num_train: int = 2000, num_val:
         for split, stories in lines.items():
             text = "".join(json.dumps(line) + "\n" for line in stories)
             (tmp / f"{split}.jsonl").write_text(text, encoding="utf-8")
-        (tmp / "meta.json").write_text(json.dumps(_meta(seed, image_size, counts), indent=2) + "\n", encoding="utf-8")
+        (tmp / "meta.json").write_text(json.dumps(_meta(seed, image_size, counts, frames_per_story), indent=2) + "\n", encoding="utf-8")
         if out_dir.exists():  # overwrite: swap the new folder in, then drop the old one
             old = out_dir.parent / f".{out_dir.name}.old-{os.getpid()}"
             out_dir.rename(old)
@@ -234,12 +239,14 @@ def main(argv=None):
     parser.add_argument("--num-val", type=int, default=200)
     parser.add_argument("--num-test", type=int, default=200)
     parser.add_argument("--image-size", type=int, default=64)
+    parser.add_argument("--frames-per-story", type=int, default=FRAMES_PER_STORY, help="e.g. 10/20/40/50: long stories")
     parser.add_argument("--num-workers", type=int, default=2)
     parser.add_argument("--overwrite", action="store_true", help="replace an existing dataset folder")
     args = parser.parse_args(argv)
     path = generate_toy_dataset(args.out, seed=args.seed, num_train=args.num_train, num_val=args.num_val,
                                 num_test=args.num_test, image_size=args.image_size,
-                                num_workers=args.num_workers, overwrite=args.overwrite)
+                                num_workers=args.num_workers, overwrite=args.overwrite,
+                                frames_per_story=args.frames_per_story)
     print(f"wrote {path}")
 
 

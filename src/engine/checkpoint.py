@@ -177,6 +177,24 @@ def load_checkpoint(path: Path, task, optimizer, scheduler, ema, accelerator, mo
     return int(state["step"])
 
 
+def save_best(folder: Path, step: int, task, metric: str, value: float) -> None:
+    """The best weights so far (validation): trainable.safetensors + best.json, replaced atomically."""
+    tmp = folder.with_name(folder.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    save_file({k: v.contiguous().cpu() for k, v in task.trainable_state_dict().items()}, tmp / "trainable.safetensors")
+    (tmp / "best.json").write_text(json.dumps({"step": step, "metric": metric, "value": value}, indent=2))
+    if folder.exists():
+        shutil.rmtree(folder)
+    os.replace(tmp, folder)
+
+
+def read_best(folder: Path) -> Optional[float]:
+    """The value a previous (resumed) run's best checkpoint scored, or None."""
+    path = folder / "best.json"
+    return json.loads(path.read_text())["value"] if path.is_file() else None
+
+
 def latest_or_none(root: Path) -> Optional[Path]:
     found = list_checkpoints(root)
     return found[-1] if found else None

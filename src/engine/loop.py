@@ -65,6 +65,15 @@ def make_optimizer(cfg, params: list) -> torch.optim.AdamW:
                              weight_decay=cfg.optim.weight_decay, fused=cfg.optim.fused or None)
 
 
+def make_lr_schedule(optim, optimizer, max_steps: int):
+    if optim.schedule == "step":  # GILL / StoryGPT-V stage 2: linear warmup, then x decay_factor every decay_every
+        warmup, every, factor = optim.warmup_steps, max(1, optim.decay_every), optim.decay_factor
+        return torch.optim.lr_scheduler.LambdaLR(
+            optimizer, lambda s: min(1.0, (s + 1) / warmup) if s < warmup else factor ** ((s - warmup) // every))
+    return get_scheduler(SCHEDULES[optim.schedule], optimizer, num_warmup_steps=optim.warmup_steps,
+                         num_training_steps=max_steps)
+
+
 def make_accelerator(cfg, run_dir: Path) -> Accelerator:
     """Without a visible GPU, accelerate is asked for the CPU: several processes then form a gloo group.
     A DeepSpeed launch gets a DeepSpeed engine on any device, or an error (src/engine/zero.py)."""
@@ -98,8 +107,7 @@ def train(cfg) -> Path:
         task.hold_frozen_in(COMPUTE_DTYPES.get(cfg.train.mixed_precision))  # frozen parts at the compute dtype
     params = [p for p in task.parameters() if p.requires_grad]
     optimizer = make_optimizer(cfg, params)
-    scheduler = get_scheduler(SCHEDULES[cfg.optim.schedule], optimizer,
-                              num_warmup_steps=cfg.optim.warmup_steps, num_training_steps=cfg.train.max_steps)
+    scheduler = make_lr_schedule(cfg.optim, optimizer, cfg.train.max_steps)
     model, optimizer = accelerator.prepare(task, optimizer)
     zero.announce(accelerator, model)
     ema = None
@@ -131,6 +139,7 @@ def train(cfg) -> Path:
     progress = tqdm(total=cfg.train.max_steps, initial=start_step, desc=f"{cfg.stage}/{cfg.data.name}",
                     disable=not accelerator.is_local_main_process, dynamic_ncols=True)
     started, step, last_saved = time.time(), start_step, None
+    best = ckpt.read_best(run_dir / "best")
     running = {}
     while step < cfg.train.max_steps:
         for _ in range(cfg.train.grad_accum):
@@ -159,6 +168,8 @@ def train(cfg) -> Path:
             ckpt.save_checkpoint(ckpt_root, step, task, optimizer, scheduler, ema, accelerator,
                                  cfg.train.keep_last, model)
             last_saved = step
+        if cfg.train.validate_every and (step % cfg.train.validate_every == 0 or done):
+            best = _validate(task, accelerator, step, run_dir, trackers, best)
         if (cfg.train.sample_every and step % cfg.train.sample_every == 0) or done:
             _sample(task, ema, params, accelerator, run_dir / "samples" / ckpt.step_dir_name(step), cfg)
         if out_of_time:
@@ -170,6 +181,26 @@ def train(cfg) -> Path:
         summary = {"final_step": step, "last_checkpoint": last_saved, "minutes": (time.time() - started) / 60}
         trackers.write_summary(summary)
     return run_dir
+
+
+def _validate(task, accelerator, step: int, run_dir: Path, trackers, best):
+    """`task.validate()` -> {metric: value}, logged; a new best on `task.best_metric` (lower is better)
+    saves the trainable weights to <run>/best/. Draws nothing from the training RNG (exact resume)."""
+    with torch.random.fork_rng(devices=[]):
+        task.eval()
+        try:
+            metrics = task.validate()
+        finally:
+            task.train()
+    accelerator.log(metrics, step=step)
+    trackers.write_jsonl(metrics, step)
+    key = getattr(task, "best_metric", None)
+    if key in metrics and (best is None or metrics[key] < best):
+        best = metrics[key]
+        if accelerator.is_main_process:
+            ckpt.save_best(run_dir / "best", step, task, key, best)
+    accelerator.wait_for_everyone()
+    return best
 
 
 def _sample(task, ema, params, accelerator, out_dir: Path, cfg) -> None:

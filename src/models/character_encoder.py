@@ -48,7 +48,10 @@ class CharacterImageEncoder(nn.Module):
     def embed_dim(self) -> int:
         return self.visual_projection.out_features
 
-    def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
+    def pooled(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        """[N,3,R,R] in [0,1] -> the tower's pooled CLS state [N,W] (before the projection)."""
         pixel_values = (pixel_values - self.mean) / self.std
-        pooled = self.vision_model(pixel_values=pixel_values.to(self.visual_projection.weight.dtype)).pooler_output
-        return self.visual_projection(pooled)
+        return self.vision_model(pixel_values=pixel_values.to(self.visual_projection.weight.dtype)).pooler_output
+
+    def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        return self.visual_projection(self.pooled(pixel_values))

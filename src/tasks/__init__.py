@@ -8,6 +8,7 @@ from importlib import import_module
 TASKS = {
     "ldm": "src.tasks.ldm:LDMTask",
     "char_ldm": "src.tasks.char_ldm:CharLDMTask",
+    "align": "src.tasks.align:AlignTask",
     "detokenizer": "src.tasks.detokenizer:DetokenizerTask",
 }
 

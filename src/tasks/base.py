@@ -46,6 +46,12 @@ class Task(nn.Module):
     def collate(self, items: list) -> dict:
         raise NotImplementedError
 
+    best_metric: Optional[str] = None  # a key of validate()'s result; lower is better
+
+    def validate(self) -> dict[str, float]:
+        """Metrics on held-out data, run by the engine every `train.validate_every` steps."""
+        return {}
+
     def sample(self, out_dir: Path, split: str, num_stories: Optional[int]) -> Path:
         """Draw stories of `split` with the current weights into the generated-story layout."""
         raise NotImplementedError
