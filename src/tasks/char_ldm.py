@@ -197,7 +197,7 @@ class CharLDMTask(LDMTask):
         if record:
             self.attention_store.start(name_token_weights(torch.where(empty[:, None], -1, token_char), num_slots))
         try:
-            model_pred = self.unet(noisy_latents, timesteps, encoder_hidden_states).sample
+            model_pred = self.denoise(noisy_latents, timesteps, encoder_hidden_states)
         finally:
             maps = self.attention_store.stop()
         target = self.diffusion_target(latents, noise, timesteps)

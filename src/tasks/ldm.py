@@ -107,10 +107,16 @@ class LDMTask(Task):
             encoder_hidden_states = self.encode_text(captions)
 
         noise, timesteps, noisy_latents = self.add_training_noise(latents)
-        model_pred = self.unet(noisy_latents, timesteps, encoder_hidden_states).sample
+        model_pred = self.denoise(noisy_latents, timesteps, encoder_hidden_states)
         target = self.diffusion_target(latents, noise, timesteps)
         loss = self.diffusion_loss(model_pred, target, timesteps)
         return {"loss": loss}
+
+    def denoise(self, noisy_latents, timesteps, encoder_hidden_states):
+        """The UNet's prediction. Inputs go in the UNet's own dtype: under autocast that is fp32 (a no-op), under
+        DeepSpeed bf16 the whole UNet is bf16 and takes no autocast, so fp32 latents must be cast."""
+        dtype = self.unet.dtype
+        return self.unet(noisy_latents.to(dtype), timesteps, encoder_hidden_states.to(dtype)).sample
 
     def diffusion_target(self, latents, noise, timesteps):
         kind = self.noise_scheduler.config.prediction_type
