@@ -15,6 +15,7 @@ weights were trained with (src/models/resamplers.py: normalize_features).
 from __future__ import annotations
 
 import argparse
+import sys
 import json
 import re
 from pathlib import Path
@@ -23,6 +24,7 @@ import torch
 from diffusers import UNet2DConditionModel
 from safetensors.torch import load_file
 
+from src.errors import run_entry
 from src.models.detokenizer import RESAMPLER_METADATA_KEY, Detokenizer
 from src.models.loading import load_strict, write_weights_file
 from src.models.resamplers import ResamplerXL
@@ -118,4 +120,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(run_entry(main))

@@ -10,12 +10,14 @@ weights (dtype unchanged) with that section in the file's metadata, so the file 
 from __future__ import annotations
 
 import argparse
+import sys
 import json
 from pathlib import Path
 
 import torch
 from safetensors import safe_open
 
+from src.errors import run_entry
 from src.models.loading import load_strict, write_weights_file
 from src.models.qwen_vit import CONFIG_METADATA_KEY, QwenViT
 
@@ -109,4 +111,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(run_entry(main))

@@ -26,6 +26,8 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
+from src.errors import run_entry
+
 FORMAT = 1
 TARGETS = ("fuse", "text")
 SPLITS = ("train", "val", "test")
@@ -180,15 +182,11 @@ def main(argv=None) -> int:
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--device", default=None)
     args = parser.parse_args(argv)
-    try:
-        out = build_target_cache(args.checkpoint, args.out, args.target, args.dtype, args.shard_size,
-                                 args.batch_size, args.device, args.dataset)
-    except (TargetCacheError, FileNotFoundError, ValueError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+    out = build_target_cache(args.checkpoint, args.out, args.target, args.dtype, args.shard_size,
+                             args.batch_size, args.device, args.dataset)
     print(f"targets: {out}")
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_entry(main))
