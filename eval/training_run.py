@@ -2,7 +2,8 @@
 (metrics.jsonl), and the classifier metrics of its periodic samples (samples/step_N/) over training.
 
 The engine logs steps, not clock time; minutes are steps x the run's mean seconds per step
-(summary.json), so the time axis assumes an even pace.
+(summary.json), so the time axis assumes an even pace. A resumed run's summary.json counts only the
+minutes since the resume, so its time axis is too short (the steps are right).
 """
 from __future__ import annotations
 
