@@ -39,13 +39,16 @@ figure { margin: 0; width: %(side)dpx; }
 figure img { width: %(side)dpx; height: %(side)dpx; object-fit: contain; image-rendering: pixelated;
              border: 1px solid #ccc; background: #eee; }
 figcaption { font-size: 0.8em; line-height: 1.3; margin-top: 0.2em; }
+.summary { background: #fff; border-left: 4px solid #3a7; padding: 0.6em 1em; margin: 1em 0; }
+.plots { display: flex; gap: 1em; flex-wrap: wrap; margin-bottom: 1.5em; }
+.plots img { border: 1px solid #ddd; }
 """ % {"side": DISPLAY_SIDE}
 
 
-def _png_data_uri(image):
-    if max(image.size) > MAX_EMBED_SIDE:
+def _png_data_uri(image, max_side=MAX_EMBED_SIDE):
+    if max_side and max(image.size) > max_side:
         image = image.copy()
-        image.thumbnail((MAX_EMBED_SIDE, MAX_EMBED_SIDE))
+        image.thumbnail((max_side, max_side))
     buffer = io.BytesIO()
     image.save(buffer, format="PNG")
     return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
@@ -110,7 +113,7 @@ def _story_scores(scores):
 
 
 def write_report(samples_dir, out_html, data_root=None, split=None, metrics=None, per_story=None,
-                 title="StoryViz evaluation report"):
+                 title="StoryViz evaluation report", summary=None, plots=None):
     """Write one HTML page for a samples folder and return its path.
 
     samples_dir: a samples folder (stories.jsonl + <id>/<k>.png). data_root + split: when given, the
@@ -144,7 +147,11 @@ def write_report(samples_dir, out_html, data_root=None, split=None, metrics=None
     page = ("<!DOCTYPE html><html><head><meta charset='utf-8'>"
             f"<title>{html.escape(title)}</title><style>{CSS}</style></head><body>"
             f"<h1>{html.escape(title)}</h1><p class='sub'>{subtitle}</p>"
+            + ("<div class='summary'>" + "<br>".join(html.escape(line) for line in summary) + "</div>"
+               if summary else "")
             + (_metrics_table(metrics) if metrics else "")
+            + ("<div class='plots'>" + "".join(f"<img src='{_png_data_uri(plot, max_side=None)}' alt='plot'>"
+                                               for plot in plots) + "</div>" if plots else "")
             + "".join(sections) + "</body></html>\n")
     out_html = Path(out_html)
     out_html.parent.mkdir(parents=True, exist_ok=True)

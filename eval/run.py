@@ -21,6 +21,7 @@ from eval.protocol import load_protocol, resolve_device
 from eval.report import write_report
 from eval.stories_io import pair_with_ground_truth, read_meta, read_samples, read_split
 from eval.train_classifier import ensure_classifier
+from eval import training_run
 from src.errors import run_entry
 
 
@@ -137,25 +138,61 @@ def evaluate(samples_dir, protocol, compare_dir=None, log=print):
     }
 
 
+HEADLINE = ("Char-Acc (%)", "Char-F1 (%)", "BG-Acc (%)", "BG-F1 (%)")
+
+
+def summary_lines(results, run=None):
+    """The report's opening lines: what was trained, what was scored, the headline against real frames."""
+    lines = [training_run.describe(run) + "."] if run else []
+    generation = results["generation"] or {}
+    sampler = f", sampler {generation['scheduler']} {generation.get('num_inference_steps', '?')} steps" \
+        if "scheduler" in generation else ""
+    lines.append(f"Scored: {results['split']} split, {results['stories']} stories / {results['frames']} frames{sampler}.")
+    rows = results["metrics"]
+    headline = [f"{name.replace(' (%)', '')} {rows[name]['value']:.1f}% (real frames {rows[name]['ceiling']:.1f}%)"
+                for name in HEADLINE if name in rows and rows[name].get("ceiling") is not None]
+    if headline:
+        lines.append("Headline: " + ", ".join(headline) + ".")
+    return lines
+
+
+def training_plots(run, protocol, log):
+    """Loss curves and the metric over training time (periodic samples), as PIL images."""
+    plots = [training_run.loss_chart(run)]
+    rows = training_run.periodic_scores(run, protocol, evaluate)
+    for row in rows:
+        log(f"periodic samples step {row['step']} ({row['split']}): Char-Acc {row.get('Char-Acc (%)', float('nan')):.1f}, "
+            f"BG-Acc {row.get('BG-Acc (%)', float('nan')):.1f}")
+    plots.append(training_run.metric_chart(rows))
+    return [plot for plot in plots if plot is not None], rows
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description="Score generated stories under an evaluation protocol.")
     parser.add_argument("--samples", required=True, help="samples folder (stories.jsonl + <id>/<k>.png)")
     parser.add_argument("--protocol", required=True, help="configs/eval/<dataset>.yaml")
     parser.add_argument("--out", default=None, help="folder for metrics.json and report.html (default: --samples)")
     parser.add_argument("--compare", default=None, help="second samples folder for the pairwise judge")
+    parser.add_argument("--run", default=None, help="training run folder: the report opens with what was trained "
+                                                     "and plots its losses and periodic samples' metrics")
     parser.add_argument("overrides", nargs="*", help="key=value protocol overrides, e.g. fid.resize_to=64")
     args = parser.parse_args(argv)
     out_dir = Path(args.out or args.samples)
     protocol = load_protocol(args.protocol, args.overrides)
-    results = evaluate(args.samples, protocol, compare_dir=args.compare,
-                       log=lambda message: print(message, flush=True))
+    log = lambda message: print(message, flush=True)  # noqa: E731
+    run = training_run.read_run(args.run) if args.run else None
+    results = evaluate(args.samples, protocol, compare_dir=args.compare, log=log)
+    plots = []
+    if run:
+        plots, results["training"] = training_plots(run, protocol, log)
     out_dir.mkdir(parents=True, exist_ok=True)
     metrics_path = out_dir / "metrics.json"
     metrics_path.write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
     report_path = write_report(args.samples, out_dir / "report.html", data_root=protocol["dataset"],
                                split=protocol["split"], metrics=results["metrics"],
                                per_story=results["per_story"],
-                               title=f"StoryViz evaluation: {Path(args.protocol).stem} protocol")
+                               title=f"StoryViz evaluation: {Path(args.protocol).stem} protocol",
+                               summary=summary_lines(results, run), plots=plots)
     print(f"wrote {metrics_path}")
     print(f"wrote {report_path}")
 

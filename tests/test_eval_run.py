@@ -15,11 +15,11 @@ from eval.train_classifier import train_classifier
 TRAINING = {"arch": "small_cnn", "input_size": 64, "epochs": 14, "lr": 3e-3, "batch_size": 16, "seed": 0}
 
 
-def make_samples(data_root, out_dir, mode, drop_ids=()):
-    """A samples folder of the test split: real frames copied, or uniform noise frames."""
+def make_samples(data_root, out_dir, mode, drop_ids=(), split="test"):
+    """A samples folder of a split: real frames copied, or uniform noise frames."""
     rng = np.random.default_rng(0)
     lines = []
-    for line in (data_root / "test.jsonl").read_text().splitlines():
+    for line in (data_root / f"{split}.jsonl").read_text().splitlines():
         story = json.loads(line)
         if story["id"] in drop_ids:
             continue
@@ -32,7 +32,7 @@ def make_samples(data_root, out_dir, mode, drop_ids=()):
         lines.append(json.dumps({"id": story["id"], "images": [f"{story['id']}/{k}.png" for k in range(len(story["images"]))],
                                  "captions": story["captions"], "characters": story["characters"]}))
     (out_dir / "stories.jsonl").write_text("\n".join(lines) + "\n")
-    (out_dir / "generation.json").write_text(json.dumps({"split": "test", "mode": mode}))
+    (out_dir / "generation.json").write_text(json.dumps({"split": split, "mode": mode}))
     return out_dir
 
 
@@ -118,6 +118,34 @@ def test_two_runs_give_identical_numbers_and_a_report(scored):
     page = (base / "again" / "report.html").read_text()
     assert page.count("data:image/png;base64,") == 2 * 32  # generated and ground-truth frames
     assert "Frechet distance (classifier features)" in page and "not meaningful (tiny random weights)" in page
+
+
+def test_report_opens_with_a_summary_and_plots_of_the_training_run(scored, toy_root, tmp_path):
+    """--run: the run's losses and its periodic val samples' metrics over training, as images in the page."""
+    results, overrides, base = scored
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "config.yaml").write_text("data: {name: toy}\nmodel: {character_conditioning: true, pretrained: tiny}\n"
+                                     "train: {batch_size: 32}\noptim: {lr: 0.001, schedule: cosine}\n")
+    (run / "summary.json").write_text(json.dumps({"final_step": 4, "minutes": 2.0}))
+    (run / "metrics.jsonl").write_text("".join(json.dumps({"step": s, "train/mse": 1 / s, "train/attention": -s / 10}) + "\n"
+                                               for s in (1, 2, 3, 4)))
+    make_samples(toy_root, run / "samples" / "step_000002", "noise", split="val")
+    make_samples(toy_root, run / "samples" / "step_000004", "real", split="val")
+    eval_run.main(["--samples", str(base / "real"), "--protocol", "configs/eval/toy.yaml", "--out",
+                   str(tmp_path / "report"), "--run", str(run), *overrides])
+    saved = json.loads((tmp_path / "report" / "metrics.json").read_text())
+    assert saved["metrics"] == results["real"]["metrics"]
+    early, late = saved["training"]
+    assert (early["step"], late["step"], late["minutes"], late["split"]) == (2, 4, 2.0, "val")
+    assert late["Char-Acc (%)"] > early["Char-Acc (%)"] and late["BG-Acc (%)"] > early["BG-Acc (%)"]
+    page = (tmp_path / "report" / "report.html").read_text()
+    assert "Char-LDM (StoryGPT-V stage 1) trained on toy for 4 steps (2.0 min" in page
+    assert "Scored: test split, 8 stories / 32 frames" in page
+    char_acc = results["real"]["metrics"]["Char-Acc (%)"]
+    assert f"Char-Acc {char_acc['value']:.1f}% (real frames {char_acc['ceiling']:.1f}%)" in page
+    assert page.count("data:image/png;base64,") == 2 * 32 + 2  # the frames and the two plots
+    assert page.index("class='summary'") < page.index("class='plots'") < page.index("class='story'")
 
 
 def test_report_shows_frames_captions_and_ground_truth(toy_root, tmp_path):

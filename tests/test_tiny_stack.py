@@ -31,13 +31,13 @@ from src.tools.tiny_stack import (
     is_complete_stack,
     stack_record,
 )
+from src.data.stories import StoryFormatError
 from src.tools.tiny_vae import (
-    TinyStackDataError,
     build_vae,
     latent_std,
-    list_split_frames,
     load_frames,
     reconstruction_error,
+    split_frames,
 )
 
 FRAME = 64
@@ -68,6 +68,8 @@ def write_shapes_dataset(root: Path, stories: dict, frames_per_story: int = 2, s
             captions = [f"Shapes in frame {k}." for k in range(frames_per_story)]
             lines.append(json.dumps({"id": story_id, "images": images, "captions": captions}))
         (root / f"{split}.jsonl").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    meta = {"name": "shapes", "format_version": 1, "frame_size": [FRAME, FRAME], "characters": [], "backgrounds": []}
+    (root / "meta.json").write_text(json.dumps(meta), encoding="utf-8")
     return root
 
 
@@ -266,7 +268,7 @@ def test_tokenizer_matches_open_clip_simple_tokenizer(stack, folder):
 def test_trained_vae_reconstructs_val_frames_better_than_untrained(stack, shapes_root, test_config):
     from diffusers import AutoencoderKL
 
-    val = load_frames(list_split_frames(shapes_root, "val"), FRAME)
+    val = load_frames(split_frames(shapes_root, "val")[0], FRAME)
     trained = AutoencoderKL.from_pretrained(stack / "stable-diffusion-v1-5", subfolder="vae")
     untrained = build_vae(test_config, test_config.seed + SEED_OFFSETS["vae"])
     trained_error, untrained_error = reconstruction_error(trained, val), reconstruction_error(untrained, val)
@@ -277,7 +279,7 @@ def test_trained_vae_reconstructs_val_frames_better_than_untrained(stack, shapes
     assert report["untrained_mse"] == pytest.approx(untrained_error.mse, rel=1e-5)
     assert report["frames"] == len(val) == 6
     # scaling_factor = 1 / std of the training latents (the first max_eval_frames), as SD sets it.
-    train = load_frames(list_split_frames(shapes_root, "train"), FRAME)[: test_config.vae.train.max_eval_frames]
+    train = load_frames(split_frames(shapes_root, "train")[0], FRAME)[: test_config.vae.train.max_eval_frames]
     std = latent_std(trained, train, test_config.seed + SEED_OFFSETS["vae"])
     assert trained.config.scaling_factor == pytest.approx(1 / std, rel=1e-4)
 
@@ -313,22 +315,25 @@ def test_default_config_file_matches_the_schema_defaults():
 def test_bad_dataset_errors_name_file_line_and_field(tmp_path):
     root = write_shapes_dataset(tmp_path / "data", {"train": 2, "val": 1})
     (root / "val.jsonl").unlink()
-    with pytest.raises(TinyStackDataError, match=r"val\.jsonl: not found"):
-        list_split_frames(root, "val")
+    with pytest.raises(StoryFormatError, match=r"val\.jsonl: missing story file"):
+        split_frames(root, "val")
     train = root / "train.jsonl"
     lines = train.read_text().splitlines()
     train.write_text(lines[0] + "\n" + '{"id": "x", "images": "images/a.png", "captions": ["a"]}\n')
-    with pytest.raises(TinyStackDataError, match=r"train\.jsonl:2: field 'images'"):
-        list_split_frames(root, "train")
+    with pytest.raises(StoryFormatError, match=r"train\.jsonl:2: field 'images'"):
+        split_frames(root, "train")
     train.write_text(lines[0] + "\n" + '{"id": "x", "images": ["images/missing.png"], "captions": ["a"]}\n')
-    with pytest.raises(TinyStackDataError, match=r"train\.jsonl:2: field 'images': file 'images/missing.png' not found"):
-        list_split_frames(root, "train")
+    with pytest.raises(StoryFormatError, match=r"train\.jsonl:2: field 'images': story 'x' frame 0: missing file"):
+        split_frames(root, "train")
     train.write_text(lines[0] + "\n{not json\n")
-    with pytest.raises(TinyStackDataError, match=r"train\.jsonl:2: not valid JSON"):
-        list_split_frames(root, "train")
+    with pytest.raises(StoryFormatError, match=r"train\.jsonl:2: invalid JSON"):
+        split_frames(root, "train")
+    train.write_text("")
+    with pytest.raises(StoryFormatError, match=r"train\.jsonl: no stories"):
+        split_frames(root, "train")
     big = root / "images" / "big.png"
     Image.new("RGB", (128, 128)).save(big)
-    with pytest.raises(TinyStackDataError, match=r"big\.png: frame is 128x128 px, the tiny stack's frame_size is 64"):
+    with pytest.raises(StoryFormatError, match=r"big\.png: frame is 128x128 px, the tiny stack's frame_size is 64"):
         load_frames([big], FRAME)
 
 

@@ -25,7 +25,7 @@ from src.data.coref import corefer_story
 from src.data.toy_sprites import BACKGROUNDS, CHARACTERS, background_layout, draw_background, \
     draw_character, draw_reference
 
-GENERATOR_VERSION = "1"
+GENERATOR_VERSION = "2"  # 2: flat backgrounds (no 1-pixel waves, pebbles, windows, stars)
 FRAMES_PER_STORY = 4
 SPLIT_CODES = {"train": 0, "val": 1, "test": 2}
 GENDERS = {c.name: c.gender for c in CHARACTERS}

@@ -115,19 +115,20 @@ def draw_character(image: np.ndarray, char: ToyCharacter, x0: int, y0: int, side
 
 
 # ----------------------------------------------------------------------------------------------
-# backgrounds: each a fixed colour scheme plus a simple pattern; `layout` varies the pattern per story
+# backgrounds: each a colour scheme of flat regions, no 1-pixel texture (a factor-4 VAE and a small UNet
+# spend their capacity on it and return it as coloured fragments); `layout` varies the regions per story
 
 
 def background_layout(name: str, rng: np.random.Generator) -> dict:
     """Random but small variations of a background, drawn once per story so that it stays put."""
     if name == "beach":
-        return {"horizon": rng.uniform(0.36, 0.44), "shore": rng.uniform(0.55, 0.62), "phase": rng.uniform(0, 1)}
+        return {"horizon": rng.uniform(0.36, 0.44), "shore": rng.uniform(0.55, 0.62)}
     if name == "forest":
         return {"trees": np.sort(rng.uniform(0.0, 1.0, size=5)).tolist(), "height": rng.uniform(0.45, 0.6)}
     if name == "city":
         return {"heights": rng.uniform(0.3, 0.7, size=6).tolist()}
     if name == "night":
-        return {"stars": rng.uniform(0, 1, size=(14, 2)).tolist(), "moon": rng.uniform(0.1, 0.3)}
+        return {"moon": rng.uniform(0.1, 0.3)}
     raise ValueError(f"unknown toy background '{name}'")
 
 
@@ -136,16 +137,11 @@ def draw_background(name: str, layout: dict, frame: int) -> np.ndarray:
     s = frame
     image = np.zeros((s, s, 3), dtype=np.uint8)
     ys, xs = np.mgrid[0:s, 0:s]
-    if name == "beach":  # sky, sea with white wave dashes, sand with pebbles
+    if name == "beach":  # sky, sea, sand: three flat bands
         horizon, shore = int(layout["horizon"] * s), int(layout["shore"] * s)
         image[:] = (140, 200, 245)
         image[horizon:shore] = (20, 110, 190)
-        waves = (ys >= horizon) & (ys < shore) & ((ys - horizon) % max(3, s // 12) == 1)
-        waves &= ((xs + int(layout["phase"] * s)) % max(6, s // 6)) < max(3, s // 12)
-        image[waves] = (235, 245, 255)
         image[shore:] = (235, 210, 150)
-        pebbles = (ys >= shore) & ((xs * 7 + ys * 13) % 23 == 0)
-        image[pebbles] = (190, 160, 100)
     elif name == "forest":  # green ground, brown trunks under dark pine canopies
         image[:] = (34, 110, 50)
         image[: int(0.15 * s)] = (190, 220, 170)
@@ -158,7 +154,7 @@ def draw_background(name: str, layout: dict, frame: int) -> np.ndarray:
             draw.rectangle([x - width // 2, top + s // 5, x + width // 2, s - 1], fill=(110, 70, 30))
             draw.polygon([(x, top), (x + s // 8, top + s // 3), (x - s // 8, top + s // 3)], fill=(15, 70, 30))
         image = np.array(canvas)
-    elif name == "city":  # grey sky, buildings with lit windows, a road with white dashes
+    elif name == "city":  # grey sky, flat buildings of two greys, a dark road
         image[:] = (200, 200, 210)
         canvas = Image.fromarray(image)
         draw = ImageDraw.Draw(canvas)
@@ -167,18 +163,10 @@ def draw_background(name: str, layout: dict, frame: int) -> np.ndarray:
         for i, h in enumerate(layout["heights"]):
             left, right, top = int(i * step), int((i + 1) * step) - 1, int((1 - h) * road)
             draw.rectangle([left, top, right, road], fill=(90, 90, 100) if i % 2 else (120, 120, 135))
-            for wy in range(top + 2, road - 2, max(3, s // 12)):
-                for wx in range(left + 2, right - 1, max(3, s // 12)):
-                    draw.rectangle([wx, wy, wx + max(1, s // 64), wy + max(1, s // 64)], fill=(250, 220, 100))
         draw.rectangle([0, road, s - 1, s - 1], fill=(50, 50, 55))
         image = np.array(canvas)
-        dashes = (ys == (road + s - 1) // 2) & (xs % max(8, s // 4) < max(4, s // 8))
-        image[dashes] = (255, 255, 255)
-    elif name == "night":  # navy sky with stars, a crescent moon, a dark hill
+    elif name == "night":  # navy sky, a crescent moon, a dark hill
         image[:] = (15, 20, 60)
-        for sx, sy in layout["stars"]:
-            x, y = int(sx * (s - 2)), int(sy * 0.6 * s)
-            image[y:y + max(1, s // 64), x:x + max(1, s // 64)] = (255, 255, 255)
         mx, my, r = int(layout["moon"] * s) + s // 8, s // 6, s // 9
         moon = (xs - mx) ** 2 + (ys - my) ** 2 <= r * r
         bite = (xs - mx - r // 2) ** 2 + (ys - my + r // 3) ** 2 <= r * r

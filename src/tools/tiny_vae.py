@@ -10,12 +10,11 @@ Shape legend: N frames, B batch, 3 RGB, S frame side, C latent channels, h laten
 Pixels go in as [B, 3, S, S] in [-1, 1]; latents come out as [B, C, h, h].
 """
 
-import json
 import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import List
+from typing import List, Optional, Tuple
 
 import numpy as np
 import torch
@@ -24,11 +23,8 @@ from diffusers import AutoencoderKL
 from PIL import Image
 from tqdm.auto import tqdm
 
+from src.data.stories import StoryFormatError, read_split
 from src.tools.tiny_config import TinyStackConfig, VAETrainConfig
-
-
-class TinyStackDataError(ValueError):
-    """Bad or missing training frames: names the file, line and field at fault."""
 
 
 def build_vae(config: TinyStackConfig, seed: int) -> AutoencoderKL:
@@ -48,53 +44,36 @@ def build_vae(config: TinyStackConfig, seed: int) -> AutoencoderKL:
     )
 
 
-def list_split_frames(data_root: Path, split: str) -> List[Path]:
-    """Unique frame paths of `<data_root>/<split>.jsonl` (its `images` field, relative to data_root),
-    in file order. Every problem is an error naming the file, the 1-based line and the field."""
+def split_frames(data_root: Path, split: str) -> Tuple[List[Path], List[Optional[Path]]]:
+    """Unique frames of `<data_root>/<split>.jsonl` in file order, with each frame's character mask (None
+    where the story has none). The story reader validates the split (src/data/stories.py): a bad line
+    is a StoryFormatError naming the file, the 1-based line and the field."""
     data_root = Path(data_root)
-    jsonl = data_root / f"{split}.jsonl"
-    if not jsonl.is_file():
-        raise TinyStackDataError(f"{jsonl}: not found; the tiny stack trains its VAE on the {split} split of the dataset (docs/story_format.md)")
-    frames, seen = [], set()
-    with jsonl.open(encoding="utf-8") as lines:
-        for number, line in enumerate(lines, start=1):
-            if not line.strip():
-                continue
-            try:
-                story = json.loads(line)
-            except json.JSONDecodeError as error:
-                raise TinyStackDataError(f"{jsonl}:{number}: not valid JSON: {error}") from error
-            images = story.get("images") if isinstance(story, dict) else None
-            if not isinstance(images, list) or not images or not all(isinstance(image, str) for image in images):
-                raise TinyStackDataError(f"{jsonl}:{number}: field 'images': expected a non-empty list of paths, got {images!r}")
-            for image in images:
-                path = data_root / image
-                if not path.is_file():
-                    raise TinyStackDataError(f"{jsonl}:{number}: field 'images': file {image!r} not found under {data_root}")
-                if path not in seen:
-                    seen.add(path)
-                    frames.append(path)
+    _, stories = read_split(data_root, split, check_files=True)
+    frames, masks, seen = [], [], set()
+    for story in stories:
+        for k, image in enumerate(story.images):
+            path = data_root / image
+            if path not in seen:
+                seen.add(path)
+                frames.append(path)
+                mask = story.masks[k] if story.masks else None
+                masks.append(None if mask is None else data_root / mask)
     if not frames:
-        raise TinyStackDataError(f"{jsonl}: no stories; the tiny stack needs {split} frames")
-    return frames
+        raise StoryFormatError(data_root / f"{split}.jsonl", None, None,
+                               f"no stories; the tiny stack trains its VAE on the {split} frames")
+    return frames, masks
 
 
-def load_character_masks(data_root: Path, split: str, frames: List[Path], frame_size: int):
-    """Character pixels (1) vs background (0) as uint8 [N, 1, S, S], aligned with `frames`, from the
-    split's `masks` label maps (docs/story_format.md); None when the split has no masks."""
-    data_root = Path(data_root)
-    mask_of = {}
-    with (data_root / f"{split}.jsonl").open(encoding="utf-8") as lines:
-        for line in lines:
-            story = json.loads(line) if line.strip() else {}
-            for image, mask in zip(story.get("images") or [], story.get("masks") or []):
-                mask_of[data_root / image] = mask
-    if not any(mask_of.get(path) for path in frames):
+def load_character_masks(mask_paths: List[Optional[Path]], frame_size: int) -> Optional[torch.Tensor]:
+    """Character pixels (1) vs background (0) as uint8 [N, 1, S, S] from the split's `masks` label maps
+    (docs/story_format.md), aligned with `split_frames`' frames; None when no frame has a mask."""
+    if not any(mask_paths):
         return None
-    masks = np.zeros((len(frames), 1, frame_size, frame_size), dtype=np.uint8)
-    for i, path in enumerate(frames):
-        if mask_of.get(path):
-            with Image.open(data_root / mask_of[path]) as image:
+    masks = np.zeros((len(mask_paths), 1, frame_size, frame_size), dtype=np.uint8)
+    for i, path in enumerate(mask_paths):
+        if path is not None:
+            with Image.open(path) as image:
                 masks[i, 0] = np.asarray(image) > 0
     return torch.from_numpy(masks)
 
@@ -106,9 +85,8 @@ def load_frames(paths: List[Path], frame_size: int) -> torch.Tensor:
     for path in paths:
         with Image.open(path) as image:
             if image.size != (frame_size, frame_size):
-                raise TinyStackDataError(
-                    f"{path}: frame is {image.size[0]}x{image.size[1]} px, the tiny stack's frame_size is {frame_size}"
-                )
+                raise StoryFormatError(path, None, None, f"frame is {image.size[0]}x{image.size[1]} px, the tiny "
+                                                         f"stack's frame_size is {frame_size}")
             frames.append(np.asarray(image.convert("RGB"), dtype=np.uint8))
     return torch.from_numpy(np.stack(frames)).permute(0, 3, 1, 2).contiguous()
 
@@ -187,10 +165,10 @@ def build_trained_vae(config: TinyStackConfig, data_root: Path, seed: int):
     """Build the VAE, train it on the train split's frames, set scaling_factor, and measure the
     reconstruction on held-out val frames. Returns (vae, report dict for reconstruction.json)."""
     train, steps = config.vae.train, config.vae.train.steps
-    train_paths = list_split_frames(data_root, "train")
+    train_paths, train_mask_paths = split_frames(data_root, "train")
     train_frames = load_frames(train_paths, config.frame_size)
-    train_masks = load_character_masks(data_root, "train", train_paths, config.frame_size)
-    val_paths = list_split_frames(data_root, "val")
+    train_masks = load_character_masks(train_mask_paths, config.frame_size)
+    val_paths, _ = split_frames(data_root, "val")
     val_frames = load_frames(val_paths[: train.max_eval_frames], config.frame_size)
 
     vae = build_vae(config, seed)
