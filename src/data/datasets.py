@@ -119,7 +119,7 @@ class _SplitDataset(Dataset):
 class FrameDataset(_SplitDataset):
     """Every frame of every story of a split. Item keys: pixel_values [3,H,W] in [-1,1], caption (from
     `caption_field`), caption_original, story_id, frame_index, characters, background (str|None),
-    char_labels [C] multi-hot in meta order, bg_label (int, -1 if none); with_masks adds
+    char_labels [C] multi-hot in meta order, bg_label (int, -1 if none), index (i); with_masks adds
     char_masks [M,H,W] and num_chars."""
 
     def __init__(self, root, split: str, image_size, caption_field: str = "captions",
@@ -132,7 +132,7 @@ class FrameDataset(_SplitDataset):
 
     def __getitem__(self, i: int) -> dict:
         s, k = self.index[i]
-        return self.data.frame(self.stories[s], k)
+        return {**self.data.frame(self.stories[s], k), "index": i}  # i: the frame's row in a frozen-output cache
 
 
 class StoryDataset(_SplitDataset):

@@ -175,10 +175,7 @@ class CharLDMTask(LDMTask):
         pixel_values, token_char, char_masks = batch["pixel_values"], batch["token_char"], batch["char_masks"]
         batch_size, num_slots = char_masks.shape[:2]
         device = pixel_values.device
-        latents = self.encode_latents(pixel_values)
-        with torch.no_grad():
-            text_states = self.encode_text(batch["caption"])
-            null_states = self.encode_text([""])
+        latents, text_states, null_states = self.frozen_outputs(batch)
 
         # Conditioning dropout (paper §3.1: 10% empty, 10% text-only, 80% fused).
         draw = torch.rand(batch_size).to(device)

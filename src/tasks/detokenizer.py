@@ -21,7 +21,6 @@ from typing import Optional
 
 import torch
 from diffusers import AutoencoderKL, DDPMScheduler, StableDiffusionXLPipeline, UNet2DConditionModel
-from diffusers.models.autoencoders.vae import DiagonalGaussianDistribution
 from PIL import Image
 
 from src.data.datasets import FrameDataset, collate_frames
@@ -31,6 +30,7 @@ from src.models.detokenizer import NUM_TIME_IDS, TRAINABLE_UNET, Detokenizer, lo
 from src.models.resamplers import NORMALIZE_MODES, ResamplerXL
 from src.models.visual_tokenizer import build_visual_tokenizer
 from src.pipelines.story_sampler import frame_generator, make_scheduler, write_stories
+from src.tasks.frozen_cache import encode_frames, sample_latents
 from src.tasks.ldm import LDMTask
 
 
@@ -72,7 +72,6 @@ class DetokenizerFrames(FrameDataset):
             width, height = image.size
         size = self.data.image_size
         item["time_ids"] = torch.tensor(sdxl_time_ids((height, width), (0, 0), (size, size)), dtype=torch.float32)
-        item["index"] = i  # the frame's row in the frozen-output cache
         return item
 
 
@@ -127,13 +126,11 @@ class DetokenizerTask(LDMTask):
     @torch.no_grad()
     def build_frozen_cache(self, device) -> dict:
         """Tokenizer features and VAE posterior moments of every training frame, in dataset order."""
-        dataset, features, moments = self.train_dataset(), [], []
-        for start in range(0, len(dataset), 64):
-            frames = torch.stack([dataset[i]["pixel_values"] for i in range(start, min(start + 64, len(dataset)))])
-            frames = frames.to(device)
-            features.append(self.visual_tokenizer(frames).cpu())
-            moments.append(self.vae.encode(frames.to(self.vae.dtype)).latent_dist.parameters.cpu())
-        return {"features": torch.cat(features), "moments": torch.cat(moments)}
+        def encode(items):
+            frames = torch.stack([item["pixel_values"] for item in items]).to(device)
+            return {"features": self.visual_tokenizer(frames),
+                    "moments": self.vae.encode(frames.to(self.vae.dtype)).latent_dist.parameters}
+        return encode_frames(self.train_dataset(), encode)
 
     def frozen_outputs(self, batch) -> tuple[torch.Tensor, torch.Tensor]:
         """(latents, features) of the batch's frames; from the cache when `model.cache_frozen` is set,
@@ -144,8 +141,7 @@ class DetokenizerTask(LDMTask):
         if self.frozen_cache is None:
             self.frozen_cache = self.build_frozen_cache(pixels.device)
         index = batch["index"].cpu()
-        posterior = DiagonalGaussianDistribution(self.frozen_cache["moments"][index].to(pixels.device))
-        latents = posterior.sample() * self.vae.config.scaling_factor
+        latents = sample_latents(self.frozen_cache["moments"][index].to(pixels.device), self.vae.config.scaling_factor)
         return latents, self.frozen_cache["features"][index].to(pixels.device)
 
     def training_step(self, batch):

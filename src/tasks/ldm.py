@@ -5,6 +5,7 @@ caption.
 Shapes: B batch, C=3 RGB, H×W frame, c latent channels, h×w latent size, L=77 tokens, D text width.
   pixel_values [B,3,H,W] in [-1,1] -> latents [B,c,h,w] -> noisy_latents [B,c,h,w]
   captions (B strings) -> encoder_hidden_states [B,L,D]
+  model.cache_latents: moments [N,2c,h,w], text_states [N,L,D], null_states [1,L,D] of the N training frames
   model_pred, target [B,c,h,w]
 """
 from __future__ import annotations
@@ -23,6 +24,7 @@ from src.pipelines.story_sampler import build_sd_pipeline, generate_stories, pro
 from src.data.stories import read_split
 from src.models.pretrained import load_pretrained
 from src.tasks.base import Task
+from src.tasks.frozen_cache import data_digest, encode_frames, fingerprint, load_or_build, module_digest, sample_latents
 
 
 @dataclass
@@ -33,6 +35,10 @@ class LDMModelConfig:
     snr_gamma: float = 0.0                # Min-SNR-gamma loss weighting (Hang et al. 2023); 0 disables
     gradient_checkpointing: bool = False
     channels_last: bool = False           # UNet weights and activations in channels-last (NHWC) memory format
+    # Compute the VAE posterior and the caption's text-encoder states of every training frame once and keep
+    # them on disk (src/tasks/frozen_cache.py); the latent is still drawn from the posterior at every step.
+    cache_latents: bool = False
+    cache_dir: Optional[str] = None       # None: <data.root>/.cache/latents; a subfolder per fingerprint
 
 
 def load_sd_components(path: str) -> dict:
@@ -61,6 +67,7 @@ class LDMTask(Task):
             self.unet.enable_gradient_checkpointing()
         if cfg.model.channels_last:
             self.unet.to(memory_format=torch.channels_last)
+        self.frozen_cache: Optional[dict] = None  # cache_latents: loaded or built at the first training step
 
     # ---- data -------------------------------------------------------------------------------------
     def train_dataset(self):
@@ -91,7 +98,9 @@ class LDMTask(Task):
 
     def add_training_noise(self, latents: torch.Tensor):
         """(noise, timesteps, noisy_latents) for one training step (offset noise when configured)."""
-        noise = torch.randn_like(latents)
+        # randn of the shape, not randn_like: a CPU VAE can return channels-last latents, and randn_like then
+        # draws another stream than for the contiguous latents of the cache (model.cache_latents)
+        noise = torch.randn(latents.shape, device=latents.device, dtype=latents.dtype)
         if self.cfg.model.noise_offset:
             noise += self.cfg.model.noise_offset * torch.randn(latents.shape[0], latents.shape[1], 1, 1,
                                                                device=latents.device)
@@ -99,12 +108,49 @@ class LDMTask(Task):
                                   device=latents.device)
         return noise, timesteps, self.noise_scheduler.add_noise(latents, noise, timesteps)
 
+    # ---- frozen outputs, cached or not -------------------------------------------------------------
+    def cache_folder(self) -> Path:
+        """<cache_dir>/<fingerprint of the training split, frame size, caption field and frozen weights>."""
+        d, m = self.cfg.data, self.cfg.model
+        dataset = FrameDataset(d.root, "train", d.image_size, caption_field=d.caption_field)
+        parts = {"data": data_digest(dataset), "image_size": d.image_size, "caption_field": d.caption_field,
+                 "vae": module_digest(self.vae), "text_encoder": module_digest(self.text_encoder),
+                 "tokenizer": [type(self.tokenizer).__name__, self.tokenizer.model_max_length,
+                               sorted(self.tokenizer.get_vocab().items())]}
+        return Path(m.cache_dir or Path(d.root) / ".cache" / "latents") / fingerprint(parts)
+
+    @torch.no_grad()
+    def build_frozen_cache(self, device) -> dict:
+        """VAE posterior moments and caption states of every training frame (dataset order), and the empty
+        caption's states."""
+        d = self.cfg.data
+        dataset = FrameDataset(d.root, "train", d.image_size, caption_field=d.caption_field)
+
+        def encode(items):
+            pixels = torch.stack([item["pixel_values"] for item in items]).to(device, self.vae.dtype)
+            return {"moments": self.vae.encode(pixels).latent_dist.parameters,
+                    "text_states": self.encode_text([item["caption"] for item in items])}
+        return {**encode_frames(dataset, encode), "null_states": self.encode_text([""]).cpu()}
+
+    def frozen_outputs(self, batch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(latents [B,c,h,w], text_states [B,L,D] of the captions, null_states [1,L,D] of the empty caption);
+        from the on-disk cache when `model.cache_latents` is set."""
+        pixels = batch["pixel_values"]
+        if not self.cfg.model.cache_latents:
+            latents = self.encode_latents(pixels)
+            with torch.no_grad():
+                return latents, self.encode_text(batch["caption"]), self.encode_text([""])
+        if self.frozen_cache is None:
+            self.frozen_cache = load_or_build(self.cache_folder(), lambda: self.build_frozen_cache(pixels.device))
+        index, cache = batch["index"].cpu(), self.frozen_cache
+        latents = sample_latents(cache["moments"][index].to(pixels.device), self.vae.config.scaling_factor)
+        return (latents, cache["text_states"][index].to(pixels.device), cache["null_states"].to(pixels.device))
+
     def training_step(self, batch):
-        latents = self.encode_latents(batch["pixel_values"])
-        with torch.no_grad():
-            drop = torch.rand(len(batch["caption"])) < self.cfg.model.caption_dropout
-            captions = ["" if d else c for c, d in zip(batch["caption"], drop.tolist())]
-            encoder_hidden_states = self.encode_text(captions)
+        latents, text_states, null_states = self.frozen_outputs(batch)
+        drop = torch.rand(len(batch["caption"])) < self.cfg.model.caption_dropout
+        encoder_hidden_states = torch.where(drop[:, None, None].to(text_states.device),
+                                            null_states.expand_as(text_states), text_states)
 
         noise, timesteps, noisy_latents = self.add_training_noise(latents)
         model_pred = self.denoise(noisy_latents, timesteps, encoder_hidden_states)
