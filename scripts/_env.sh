@@ -62,3 +62,21 @@ launch_config() {
 if ! has_gpu; then
   export DS_ACCELERATOR="${DS_ACCELERATOR:-cpu}"
 fi
+
+# launch_training CONFIG_PREFIX SCRIPT_NAME DATASET [key=value ...]: the body of every training launcher.
+# The recipe is $CONFIG_PREFIX$DATASET.yaml (e.g. configs/ldm/toy.yaml, configs/story/detokenizer_toy.yaml).
+launch_training() {
+  local prefix="$1" script="$2"; shift 2
+  local dir="${prefix%/*}" stem="${prefix##*/}"
+  if [ $# -lt 1 ] || [ ! -f "$prefix$1.yaml" ]; then
+    echo "usage: bash scripts/$script DATASET [key=value ...]; DATASET is one of: $(ls "$dir" | grep "^$stem" | grep -v 'base.yaml$' | sed "s/^$stem//; s/.yaml$//" | tr '\n' ' ')" >&2
+    exit 2
+  fi
+  local dataset="$1"; shift
+  ensure_venv requirements.txt
+  local config
+  config="$(launch_config)"
+  # --quiet: after src.train's one-line error, a one-process launcher adds no traceback of its own.
+  # shellcheck disable=SC2086
+  exec accelerate launch --quiet --config_file "$config" ${LAUNCH_ARGS:-} -m src.train --config "$prefix$dataset.yaml" "$@"
+}

@@ -6,12 +6,4 @@
 #   LAUNCH_ARGS="--num_processes 4"                 extra arguments for accelerate launch
 # Needs the stage-1 run (model.stage1) and its target cache (bash scripts/clip.sh DATASET STAGE1_CKPT).
 source "$(dirname "$0")/_env.sh"
-if [ $# -lt 1 ] || [ ! -f "configs/align/$1.yaml" ]; then
-  echo "usage: bash scripts/train_align.sh DATASET [key=value ...]; DATASET is one of: $(ls configs/align | grep -v base | sed 's/.yaml//' | tr '\n' ' ')" >&2
-  exit 2
-fi
-dataset="$1"; shift
-ensure_venv requirements.txt
-config="$(launch_config)"
-# shellcheck disable=SC2086
-exec accelerate launch --config_file "$config" ${LAUNCH_ARGS:-} -m src.train --config "configs/align/$dataset.yaml" "$@"
+launch_training configs/align/ train_align.sh "$@"

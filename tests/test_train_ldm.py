@@ -108,7 +108,7 @@ def test_two_process_cpu_training(ldm_overrides):
     assert json.loads((last / "trainer_state.json").read_text())["world_size"] == 2
     assert (last / "rng_state_0.pt").is_file() and (last / "rng_state_1.pt").is_file()
     # the two processes drew different noise (their RNG streams differ), yet share one set of weights
-    r0, r1 = (torch.load(last / f"rng_state_{i}.pt", weights_only=False)["torch"] for i in (0, 1))
+    r0, r1 = (torch.load(last / f"rng_state_{i}.pt", weights_only=True)["torch"] for i in (0, 1))
     assert not torch.equal(r0, r1)
     assert len(read_metrics(folder)) == 6
 

@@ -62,7 +62,10 @@ def resolve_checkpoint(spec: str, root: Path) -> Path:
 
 
 def _rng_state() -> dict:
-    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    # numpy's key array goes in as a list, so that the file loads with torch.load(weights_only=True)
+    name, keys, pos, has_gauss, cached = np.random.get_state()
+    state = {"python": random.getstate(), "numpy": (name, keys.tolist(), pos, has_gauss, cached),
+             "torch": torch.get_rng_state()}
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state
@@ -70,7 +73,8 @@ def _rng_state() -> dict:
 
 def _set_rng_state(state: dict) -> None:
     random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
+    name, keys, pos, has_gauss, cached = state["numpy"]
+    np.random.set_state((name, np.asarray(keys, dtype=np.uint32), pos, has_gauss, cached))
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
@@ -170,10 +174,10 @@ def load_checkpoint(path: Path, task, optimizer, scheduler, ema, accelerator, mo
         model.load_checkpoint(str(path / "deepspeed"), tag="state", load_optimizer_states=True,
                               load_lr_scheduler_states=False, load_module_strict=False)
     else:
-        optimizer.load_state_dict(torch.load(path / "optimizer.pt", weights_only=False))
-    scheduler.load_state_dict(torch.load(path / "scheduler.pt", weights_only=False))
+        optimizer.load_state_dict(torch.load(path / "optimizer.pt", weights_only=True))
+    scheduler.load_state_dict(torch.load(path / "scheduler.pt", weights_only=True))
     rng_file = path / f"rng_state_{accelerator.process_index}.pt"
-    _set_rng_state(torch.load(rng_file, weights_only=False))
+    _set_rng_state(torch.load(rng_file, weights_only=True))
     return int(state["step"])
 
 
