@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.test_train_ldm import RECIPE, final_weights, run, run_dir, train_cmd
+from tests.test_train_ldm import RECIPE, final_weights, kill_after_checkpoint, run, run_dir, train_cmd
 
 BATCH = (3, 0, 17, 5)
 
@@ -89,25 +89,11 @@ def test_changed_model_or_data_gives_another_cache_folder(ldm_overrides, toy_roo
 
 
 def test_killed_run_with_the_cache_resumes_exactly(ldm_overrides, tmp_path):
-    import signal
-    import subprocess
-    import time
-
-    from tests.test_train_ldm import REPO
-
     common = ldm_overrides + ["train.max_steps=12", "train.checkpoint_every=4", "train.keep_last=2",
                               "model.caption_dropout=0.3", "model.cache_latents=true",
                               f"model.cache_dir={tmp_path}/cache"]
     run(train_cmd(common + ["run_name=straight"]))
-    victim = subprocess.Popen(train_cmd(common + ["run_name=killed"]), cwd=REPO, stdout=subprocess.DEVNULL,
-                              stderr=subprocess.DEVNULL, env={**os.environ, "HF_HUB_OFFLINE": "1"})
-    killed = run_dir(common, "killed")
-    deadline = time.time() + 300
-    while not (killed / "checkpoints" / "step_000008").is_dir():
-        assert victim.poll() is None and time.time() < deadline, "the run ended before it could be killed"
-        time.sleep(0.05)
-    victim.send_signal(signal.SIGKILL)
-    victim.wait()
+    killed = kill_after_checkpoint(common, "killed", "step_000008")
     run(train_cmd(common + ["run_name=killed", "train.resume=latest"]))
     straight, resumed = final_weights(run_dir(common, "straight"), 12), final_weights(killed, 12)
     assert straight.keys() == resumed.keys()

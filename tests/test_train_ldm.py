@@ -41,6 +41,21 @@ def final_weights(folder: Path, step: int) -> dict:
     return load_file(str(folder / "checkpoints" / f"step_{step:06d}" / "trainable.safetensors"))
 
 
+def kill_after_checkpoint(overrides: list[str], name: str, checkpoint: str) -> Path:
+    """Start `src.train` as run `name` and SIGKILL it once `checkpoints/<checkpoint>` is complete;
+    returns the run folder."""
+    victim = subprocess.Popen(train_cmd(overrides + [f"run_name={name}"]), cwd=REPO, stdout=subprocess.DEVNULL,
+                              stderr=subprocess.DEVNULL, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    folder = run_dir(overrides, name)
+    deadline = time.time() + 300
+    while not (folder / "checkpoints" / checkpoint).is_dir():
+        assert victim.poll() is None and time.time() < deadline, "the run ended before it could be killed"
+        time.sleep(0.05)
+    victim.send_signal(signal.SIGKILL)
+    assert victim.wait() == -signal.SIGKILL
+    return folder
+
+
 def test_baseline_loss_falls_well_below_its_start(ldm_overrides):
     from src.train import main
 
@@ -62,15 +77,7 @@ def test_killed_run_resumes_to_the_same_weights_as_an_uninterrupted_run(ldm_over
                               "model.caption_dropout=0.3"]
     run(train_cmd(common + ["run_name=straight"]))
 
-    victim = subprocess.Popen(train_cmd(common + ["run_name=killed"]), cwd=REPO, stdout=subprocess.DEVNULL,
-                              stderr=subprocess.DEVNULL, env={**os.environ, "HF_HUB_OFFLINE": "1"})
-    killed = run_dir(common, "killed")
-    deadline = time.time() + 300
-    while not (killed / "checkpoints" / "step_000008").is_dir():
-        assert victim.poll() is None and time.time() < deadline, "the run ended before it could be killed"
-        time.sleep(0.05)
-    victim.send_signal(signal.SIGKILL)
-    assert victim.wait() == -signal.SIGKILL
+    killed = kill_after_checkpoint(common, "killed", "step_000008")
     stopped_at = max(int(p.name.split("_")[1]) for p in (killed / "checkpoints").glob("step_*[0-9]"))
     assert stopped_at < 16
 
