@@ -94,6 +94,9 @@ class SampleConfig:
     scheduler: str = "PNDMScheduler"     # any diffusers scheduler class, built from the pipeline's config
     num_inference_steps: int = 30
     guidance_scale: float = 5.0
+    # Rescale the guided prediction's std to the text-conditioned one's (Lin et al. 2024, Sec. 3.4): keeps high
+    # CFG from over-exposing when the schedule reaches zero terminal SNR. 0 disables.
+    guidance_rescale: float = 0.0
     seed: int = 0
     split: str = "val"                   # split used for the periodic sample stories
     num_stories: int = 4                 # stories drawn in periodic samples

@@ -126,7 +126,7 @@ def test_stack_has_every_file_and_records_what_was_built(stack, test_config):
     assert index["_class_name"] == "StableDiffusionPipeline"
     assert index["safety_checker"] == [None, None] and index["requires_safety_checker"] is False
     classes = {"unet": "UNet2DConditionModel", "vae": "AutoencoderKL", "text_encoder": "CLIPTextModel",
-               "tokenizer": "CLIPTokenizer", "scheduler": "PNDMScheduler"}
+               "tokenizer": "CLIPTokenizer", "scheduler": "DDIMScheduler"}
     assert {name: index[name][1] for name in classes} == classes
 
 
@@ -207,7 +207,7 @@ def test_sd_folder_loads_as_a_pipeline_offline_and_draws_a_frame(stack, test_con
     assert tuple(pipeline.unet.config.up_block_types) == ("UpBlock2D",) + ("CrossAttnUpBlock2D",) * 3
     assert pipeline.unet.config.mid_block_type == "UNetMidBlock2DCrossAttn"
     scheduler = pipeline.scheduler.config
-    assert type(pipeline.scheduler).__name__ == "PNDMScheduler"
+    assert type(pipeline.scheduler).__name__ == "DDIMScheduler"
     assert (scheduler.beta_schedule, scheduler.beta_start, scheduler.beta_end) == ("scaled_linear", 0.00085, 0.012)
     assert (scheduler.num_train_timesteps, scheduler.skip_prk_steps, scheduler.steps_offset) == (1000, True, 1)
     images = pipeline(

@@ -50,11 +50,13 @@ def write_grid(rows: list[list[Image.Image]], path: Path) -> None:
     grid.save(path)
 
 
-def prompt_drawer(pipe, num_inference_steps: int, guidance_scale: float, image_size: int):
+def prompt_drawer(pipe, num_inference_steps: int, guidance_scale: float, image_size: int,
+                  guidance_rescale: float = 0.0):
     """`draw` for generate_stories: the pipeline straight from the captions (the baseline LDM)."""
     def draw(captions: list[str], generators: list[torch.Generator]) -> list[Image.Image]:
         return pipe(captions, height=image_size, width=image_size, num_inference_steps=num_inference_steps,
-                    guidance_scale=guidance_scale, generator=generators, output_type="pil").images
+                    guidance_scale=guidance_scale, guidance_rescale=guidance_rescale, generator=generators,
+                    output_type="pil").images
     return draw
 
 

@@ -40,7 +40,8 @@ def draw_frames(pipe, initial, final, null, merge_step: int, sample_cfg, image_s
         return {}
     return pipe(prompt_embeds=initial if merge_step > 0 else final, negative_prompt_embeds=null,
                 height=image_size, width=image_size, num_inference_steps=sample_cfg.num_inference_steps,
-                guidance_scale=sample_cfg.guidance_scale, generator=generators, output_type="pil",
+                guidance_scale=sample_cfg.guidance_scale,
+                guidance_rescale=sample_cfg.guidance_rescale, generator=generators, output_type="pil",
                 callback_on_step_end=switch, callback_on_step_end_tensor_inputs=["prompt_embeds"]).images
 
 
@@ -91,7 +92,8 @@ def generate_stage2_stories(align, ldm, out_dir, split: str, num_stories: Option
             bar.update(len(chunk))
     bar.close()
     info = {"num_stories": len(stories), "caption_field": field, "seed": seed, "stage": 2,
-            "num_inference_steps": s.num_inference_steps, "guidance_scale": s.guidance_scale, "image_size": size,
+            "num_inference_steps": s.num_inference_steps, "guidance_scale": s.guidance_scale,
+            "guidance_rescale": s.guidance_rescale, "image_size": size,
             "dataset_root": str(cfg.data.root), "split": split, "scheduler": s.scheduler, "task": "align",
             "stage1_checkpoint": align._stage1.get("weights"), "first_frame": cfg.model.first_frame,
             "start_merge_step": merge, "pronoun_frames_fused_from_step": 0, **(extra_meta or {})}

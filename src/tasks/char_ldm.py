@@ -266,6 +266,6 @@ class CharLDMTask(LDMTask):
             return pipe(prompt_embeds=text_states if merge > 0 else fused, negative_prompt_embeds=null,
                         height=self.cfg.data.image_size, width=self.cfg.data.image_size,
                         num_inference_steps=s.num_inference_steps, guidance_scale=s.guidance_scale,
-                        generator=generators, output_type="pil", callback_on_step_end=delayed_conditioning,
+                        guidance_rescale=s.guidance_rescale, generator=generators, output_type="pil", callback_on_step_end=delayed_conditioning,
                         callback_on_step_end_tensor_inputs=["prompt_embeds"]).images
         return draw

@@ -196,7 +196,8 @@ class LDMTask(Task):
     def drawer(self, pipe):
         """How one batch of captions becomes images (generate_stories' `draw`)."""
         s = self.cfg.sample
-        return prompt_drawer(pipe, s.num_inference_steps, s.guidance_scale, self.cfg.data.image_size)
+        return prompt_drawer(pipe, s.num_inference_steps, s.guidance_scale, self.cfg.data.image_size,
+                             s.guidance_rescale)
 
     @torch.no_grad()
     def sample(self, out_dir: Path, split: str, num_stories: Optional[int] = None, seed: Optional[int] = None,
@@ -221,4 +222,5 @@ class LDMTask(Task):
             seed=s.seed if seed is None else seed, num_inference_steps=s.num_inference_steps,
             guidance_scale=s.guidance_scale, batch_size=s.batch_size, image_size=self.cfg.data.image_size,
             meta={"dataset_root": str(self.cfg.data.root), "split": split, "scheduler": s.scheduler,
+                  "guidance_rescale": s.guidance_rescale,
                   **self.generation_meta(), **(extra_meta or {})})

@@ -84,11 +84,16 @@ class VisionEncoderConfig:
 
 @dataclass
 class SchedulerConfig:
-    # SD 1.5's scheduler_config.json (PNDM, scaled-linear betas).
+    # SD 1.5's scheduler_config.json (PNDM, scaled-linear betas, epsilon) by default; configs/pretrained/tiny.yaml
+    # switches the toy stack to zero terminal SNR with v-prediction (why: docs/char_ldm.md, "Noise schedule").
+    class_name: str = "PNDMScheduler"     # PNDMScheduler (SD 1.5) or DDIMScheduler (needed for zero terminal SNR)
     num_train_timesteps: int = 1000
     beta_start: float = 0.00085
     beta_end: float = 0.012
     beta_schedule: str = "scaled_linear"
+    prediction_type: str = "epsilon"      # epsilon | v_prediction (zero terminal SNR needs v_prediction)
+    timestep_spacing: str = "leading"     # leading (SD 1.5) | trailing (sampling starts at the last timestep)
+    rescale_betas_zero_snr: bool = False  # Lin et al. 2024, "Common Diffusion Noise Schedules ... Are Flawed"
     skip_prk_steps: bool = True
     steps_offset: int = 1
     set_alpha_to_one: bool = False
@@ -167,6 +172,18 @@ def validate_tiny_config(config: TinyStackConfig, name: str = "<config>") -> Non
         fail("vision_encoder.patch_size", f"{vision.patch_size} does not divide image_size {vision.image_size}")
     if text.max_position_embeddings < 2:
         fail("text_encoder.max_position_embeddings", "needs room for the start and end tokens")
+    scheduler = config.scheduler
+    if scheduler.class_name not in ("PNDMScheduler", "DDIMScheduler"):
+        fail("scheduler.class_name", f"PNDMScheduler or DDIMScheduler, got '{scheduler.class_name}'")
+    if scheduler.prediction_type not in ("epsilon", "v_prediction"):
+        fail("scheduler.prediction_type", f"epsilon or v_prediction, got '{scheduler.prediction_type}'")
+    if scheduler.timestep_spacing not in ("leading", "trailing", "linspace"):
+        fail("scheduler.timestep_spacing", f"leading, trailing or linspace, got '{scheduler.timestep_spacing}'")
+    if scheduler.rescale_betas_zero_snr and scheduler.prediction_type != "v_prediction":
+        fail("scheduler.rescale_betas_zero_snr", "at zero SNR the noisy latent is pure noise, so epsilon cannot "
+             "be predicted there: needs prediction_type v_prediction")
+    if scheduler.rescale_betas_zero_snr and scheduler.class_name != "DDIMScheduler":
+        fail("scheduler.rescale_betas_zero_snr", "PNDMScheduler has no such option: needs class_name DDIMScheduler")
     train = vae.train
     if train.steps < 0:
         fail("vae.train.steps", f"must be >= 0, got {train.steps}")

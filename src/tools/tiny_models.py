@@ -7,7 +7,7 @@ The UNet maps latents [B, C, H, W] + encoder_hidden_states [B, L, D] -> [B, C, H
 """
 
 import torch
-from diffusers import PNDMScheduler, UNet2DConditionModel
+from diffusers import DDIMScheduler, PNDMScheduler, UNet2DConditionModel
 from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPTextConfig, CLIPTextModel
 
 from src.tools.tiny_config import TinyStackConfig
@@ -72,18 +72,17 @@ def build_unet(config: TinyStackConfig, seed: int) -> UNet2DConditionModel:
     )
 
 
-def build_scheduler(config: TinyStackConfig) -> PNDMScheduler:
-    """SD 1.5's default inference scheduler with its beta settings."""
-    scheduler = config.scheduler
-    return PNDMScheduler(
-        num_train_timesteps=scheduler.num_train_timesteps,
-        beta_start=scheduler.beta_start,
-        beta_end=scheduler.beta_end,
-        beta_schedule=scheduler.beta_schedule,
-        skip_prk_steps=scheduler.skip_prk_steps,
-        steps_offset=scheduler.steps_offset,
-        set_alpha_to_one=scheduler.set_alpha_to_one,
-    )
+def build_scheduler(config: TinyStackConfig):
+    """The stack's scheduler config (what training and sampling read): SD 1.5's PNDM, or DDIM when the betas
+    are rescaled to zero terminal SNR (PNDM has no such option). validate_tiny_config checked the values."""
+    s = config.scheduler
+    common = dict(num_train_timesteps=s.num_train_timesteps, beta_start=s.beta_start, beta_end=s.beta_end,
+                  beta_schedule=s.beta_schedule, prediction_type=s.prediction_type,
+                  timestep_spacing=s.timestep_spacing, steps_offset=s.steps_offset,
+                  set_alpha_to_one=s.set_alpha_to_one)
+    if s.class_name == "DDIMScheduler":  # latents are not clipped (SD's DDIM config)
+        return DDIMScheduler(clip_sample=False, rescale_betas_zero_snr=s.rescale_betas_zero_snr, **common)
+    return PNDMScheduler(skip_prk_steps=s.skip_prk_steps, **common)
 
 
 def build_clip_model(config: TinyStackConfig, seed: int, text_encoder: CLIPTextModel) -> CLIPModel:

@@ -36,7 +36,7 @@ from src.tools.tiny_models import (
 from src.tools.tiny_tokenizer import build_clip_tokenizer
 from src.tools.tiny_vae import build_trained_vae
 
-STACK_FORMAT_VERSION = 1
+STACK_FORMAT_VERSION = 2  # 2: the scheduler config may be DDIM with zero terminal SNR and v-prediction
 SD_FOLDER, CLIP_FOLDER, STACK_FILE = "stable-diffusion-v1-5", "clip", "stack.json"
 # Each component gets its own seed, so changing one component's size leaves the others' weights alone.
 SEED_OFFSETS = {"text_encoder": 1, "unet": 2, "vae": 3, "clip": 4}
