@@ -38,6 +38,9 @@ class ToyDataConfig:
     num_train: int = 2000
     num_val: int = 200
     num_test: int = 200
+    # > 0: StoryStream-shaped long stories of this many beats whose text follows the characters (SEED-Story
+    # stage 2; src/data/toy_long.py), cut into stories of data.chunk_frames beats; num_* count long stories.
+    story_frames: int = 0
 
 
 @dataclass
