@@ -44,7 +44,7 @@ def ensure_weights(cfg) -> None:
             from src.tools.tiny_llm import ensure_tiny_llm_in_stack
 
             ensure_tiny_llm_in_stack(Path(llm), Path(cfg.tiny_stack), Path(cfg.data.root))
-        if cfg.task == "detokenizer":  # SEED-Story's tiny SDXL folder and visual tokenizer
+        if cfg.task in ("detokenizer", "story_sft"):  # SEED-Story's tiny SDXL folder and visual tokenizer
             from src.tools.tiny_seed import ensure_tiny_seed
 
             ensure_tiny_seed(Path(cfg.tiny_stack), Path(cfg.data.root))
