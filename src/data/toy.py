@@ -23,7 +23,7 @@ from tqdm import tqdm
 
 from src.data.convert.storystream import chunk_ranges
 from src.data.coref import corefer_story
-from src.data.toy_long import chunk_line, plan_long_story
+from src.data.toy_long import chunk_line, name_phrase, plan_long_story
 from src.data.toy_sprites import BACKGROUNDS, CHARACTERS, background_layout, draw_background, \
     draw_character, draw_reference
 
@@ -47,11 +47,6 @@ PAIR_TEMPLATES = ("{A} met {B} {loc}.", "{A} waved to {B} {loc}.", "{A} talked w
 
 # ----------------------------------------------------------------------------------------------
 # one story
-
-
-def name_phrase(names: list[str]) -> str:
-    """'Ada', 'Ada and Bob', 'Ada, Bob and Cleo'."""
-    return names[0] if len(names) == 1 else ", ".join(names[:-1]) + " and " + names[-1]
 
 
 def make_caption(names: list[str], background: str, rng: np.random.Generator) -> str:

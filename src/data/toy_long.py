@@ -26,6 +26,7 @@ STAY_VERBS = ("walked", "played", "waited", "rested", "danced", "looked around")
 
 
 def name_phrase(names: list[str]) -> str:
+    """'Ada', 'Ada and Bob', 'Ada, Bob and Cleo' (both kinds of toy caption)."""
     return names[0] if len(names) == 1 else ", ".join(names[:-1]) + " and " + names[-1]
 
 
