@@ -38,6 +38,9 @@ class ToyDataConfig:
     num_train: int = 2000
     num_val: int = 200
     num_test: int = 200
+    # > 0: StoryStream-shaped long stories of this many beats whose text follows the characters (SEED-Story
+    # stage 2; src/data/toy_long.py), cut into stories of data.chunk_frames beats; num_* count long stories.
+    story_frames: int = 0
 
 
 @dataclass
@@ -64,6 +67,7 @@ class OptimConfig:
     eps: float = 1e-8
     schedule: str = "constant"           # constant | cosine | step (after warmup)
     warmup_steps: int = 0
+    min_lr_ratio: float = 0.0            # cosine: decay to lr x min_lr_ratio at the last step (SEED-Story: 0.05)
     fused: bool = False                  # PyTorch's fused AdamW kernel (bench/README.md measures it)
     decay_every: int = 10000             # schedule step: lr x decay_factor every N steps after warmup
     decay_factor: float = 0.1
@@ -235,6 +239,9 @@ def _check_choices(cfg: DictConfig) -> None:
     missing = sorted(OmegaConf.missing_keys(cfg))
     if missing:
         raise ConfigError(f"required key(s) never set: {', '.join(missing)}")
+    ratio = OmegaConf.select(cfg, "optim.min_lr_ratio")
+    if not 0 <= ratio < 1 or (ratio > 0 and OmegaConf.select(cfg, "optim.schedule") != "cosine"):
+        raise ConfigError(f"key 'optim.min_lr_ratio': {ratio} needs 0 <= ratio < 1 and optim.schedule=cosine")
     positive = ["train.max_steps", "train.batch_size", "train.grad_accum", "data.image_size"]
     for key in positive:
         if OmegaConf.select(cfg, key) <= 0:

@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import json
+import os
+import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -17,17 +21,18 @@ REPO = Path(__file__).resolve().parent.parent
 FACTS = {"name": "storystream_george", "characters": [], "genders": {}, "aliases": {}, "frames_per_story": None}
 
 
-def write_storystream(root: Path, lengths: dict[str, list[int]]) -> Path:
-    """SEED-Story's layout: json/{split}.jsonl with {"id", "images", "captions", "orders"}; images under image/."""
+def write_storystream(root: Path, lengths: dict[str, list[int]], series: str = "") -> Path:
+    """SEED-Story's layout: json/{split}.jsonl with {"id", "images", "captions", "orders"}; images under
+    image/ (or image/<series>/, as SEED-Story's scripts read them: image/george_full/...)."""
     (root / "json").mkdir(parents=True)
     for split, story_lengths in lengths.items():
         lines = []
         for story, length in enumerate(story_lengths):
             folder = f"{story:06d}_{split}"
-            (root / "image" / folder).mkdir(parents=True)
+            (root / "image" / series / folder).mkdir(parents=True)
             images = [f"{folder}/{folder}_keyframe_{k}.jpg" for k in range(length)]
             for k, rel in enumerate(images):
-                Image.new("RGB", (24, 16), (k * 8, story, 0)).save(root / "image" / rel, format="JPEG")
+                Image.new("RGB", (24, 16), (k * 8, story, 0)).save(root / "image" / series / rel, format="JPEG")
             lines.append(json.dumps({"id": story, "images": images, "captions": [f"George {split} {story} beat {k}."
                                                                                  for k in range(length)],
                                      "orders": list(range(length))}))
@@ -105,3 +110,23 @@ def test_cli_reads_chunk_size_from_config_and_overrides(tmp_path, capsys):
     assert prepare_main(["storystream_george", str(source), "--out", str(tmp_path / "out"), "--quiet",
                          "--config", str(REPO / "configs/data/storystream_george.yaml"), "--chunk-frames", "5"]) == 0
     assert "already complete" in capsys.readouterr().out
+
+
+def test_seed_story_layout_converts_without_flags(tmp_path):
+    """json/{train,val}.jsonl next to image/<series>/...: the script's one command finds the image root."""
+    source = write_storystream(tmp_path / "data", {"train": [12], "val": [10]}, series="george_full")
+    (source / "image" / "other_series").mkdir()  # a series folder without these frames is passed over
+    proc = subprocess.run(["bash", "scripts/prepare_data.sh", "storystream_george", str(source), "--out",
+                           str(tmp_path / "out"), "--quiet"], cwd=REPO, capture_output=True, text=True,
+                          env={**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"})
+    assert proc.returncode == 0, proc.stderr
+    assert (tmp_path / "out/images").resolve() == (source / "image/george_full").resolve()
+    _, val = read_split(tmp_path / "out", "val", check_files=True)
+    assert [len(s.images) for s in val] == [10]
+
+
+def test_image_in_two_series_folders_asks_for_the_root(tmp_path):
+    source = write_storystream(tmp_path / "data", {"train": [3]}, series="george_full")
+    shutil.copytree(source / "image/george_full", source / "image/george_copy")
+    with pytest.raises(ConversionError, match=r"several series folders .*pass --image-root"):
+        convert("storystream_george", source, tmp_path / "out", FACTS, progress=False)

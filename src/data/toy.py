@@ -21,7 +21,9 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
+from src.data.convert.storystream import chunk_ranges
 from src.data.coref import corefer_story
+from src.data.toy_long import chunk_line, name_phrase, plan_long_story
 from src.data.toy_sprites import BACKGROUNDS, CHARACTERS, background_layout, draw_background, \
     draw_character, draw_reference
 
@@ -45,11 +47,6 @@ PAIR_TEMPLATES = ("{A} met {B} {loc}.", "{A} waved to {B} {loc}.", "{A} talked w
 
 # ----------------------------------------------------------------------------------------------
 # one story
-
-
-def name_phrase(names: list[str]) -> str:
-    """'Ada', 'Ada and Bob', 'Ada, Bob and Cleo'."""
-    return names[0] if len(names) == 1 else ", ".join(names[:-1]) + " and " + names[-1]
 
 
 def make_caption(names: list[str], background: str, rng: np.random.Generator) -> str:
@@ -126,11 +123,15 @@ def _save_png(array: np.ndarray, path: Path):
 
 
 def make_story(seed: int, split: str, index: int, image_size: int, out_dir: Path,
-               frames: int = FRAMES_PER_STORY) -> dict:
-    """Draw story `index` of `split`, write its frames and masks under out_dir, return its story line."""
+               frames: int = FRAMES_PER_STORY, long: bool = False) -> dict:
+    """Draw story `index` of `split`, write its frames and masks under out_dir, return its story line.
+    `long`: a long story whose text follows the characters from beat to beat (src/data/toy_long.py)."""
     rng = np.random.default_rng([seed, SPLIT_CODES[split], index])
     story_id = f"{split}_{index:05d}"
-    characters, backgrounds = plan_story(rng, frames)
+    if long:
+        characters, backgrounds, captions = plan_long_story(rng, frames)
+    else:
+        characters, backgrounds = plan_story(rng, frames)
     layouts = {b: background_layout(b, rng) for b in BACKGROUNDS}  # one layout per story: places stay put
     line = {"id": story_id, "images": [], "captions": [], "captions_coref": [], "characters": characters,
             "boxes": [], "masks": [], "backgrounds": backgrounds}
@@ -141,22 +142,31 @@ def make_story(seed: int, split: str, index: int, image_size: int, out_dir: Path
         _save_png(image, out_dir / line["images"][-1])
         _save_png(labels, out_dir / line["masks"][-1])
         line["boxes"].append(boxes)
-        line["captions"].append(make_caption(names, background, rng))
+        line["captions"].append(captions[k] if long else make_caption(names, background, rng))
     line["captions_coref"] = corefer_story(line["captions"], characters, GENDERS)
     return {key: line[key] for key in ("id", "images", "captions", "captions_coref", "characters", "boxes",
                                        "masks", "backgrounds")}
 
 
+def _corefer(captions: list[str], characters: list[list[str]]) -> list[str]:
+    return corefer_story(captions, characters, GENDERS)
+
+
 def _make_chunk(args) -> list[dict]:
-    seed, split, indices, image_size, out_dir, frames = args
-    return [make_story(seed, split, i, image_size, Path(out_dir), frames) for i in indices]
+    seed, split, indices, image_size, out_dir, frames, story_frames, chunk_frames = args
+    if not story_frames:
+        return [make_story(seed, split, i, image_size, Path(out_dir), frames) for i in indices]
+    return [piece for i in indices
+            for piece in chunk_line(make_story(seed, split, i, image_size, Path(out_dir), story_frames, long=True),
+                                    chunk_frames, _corefer)]
 
 
 # ----------------------------------------------------------------------------------------------
 # the whole dataset
 
 
-def _meta(seed: int, image_size: int, counts: dict[str, int], frames: int = FRAMES_PER_STORY) -> dict:
+def _meta(seed: int, image_size: int, counts: dict[str, int], frames: int | None = FRAMES_PER_STORY,
+          long: dict | None = None) -> dict:
     return {
         "name": "toy",
         "format_version": 1,
@@ -167,17 +177,21 @@ def _meta(seed: int, image_size: int, counts: dict[str, int], frames: int = FRAM
         "characters": [{"name": c.name, "gender": c.gender, "reference": f"chars/{c.name}.png",
                         "shape": c.shape, "colour": list(c.colour)} for c in CHARACTERS],
         "backgrounds": list(BACKGROUNDS),
-        "toy": {"seed": seed, "image_size": image_size, **{f"num_{s}": n for s, n in counts.items()}},
+        "toy": {"seed": seed, "image_size": image_size, **{f"num_{s}": n for s, n in counts.items()}, **(long or {})},
     }
 
 
 def generate_toy_dataset(out_dir, seed: int = 0, num_train: int = 2000, num_val: int = 200, num_test: int = 200,
                          image_size: int = 64, num_workers: int = 2, overwrite: bool = False,
-                         progress: bool = True, frames_per_story: int = FRAMES_PER_STORY) -> Path:
+                         progress: bool = True, frames_per_story: int = FRAMES_PER_STORY, story_frames: int = 0,
+                         chunk_frames: int = 0) -> Path:
     """Write the toy dataset to `out_dir` and return its path. An existing `out_dir` is an error unless
     `overwrite`; an interrupted run leaves only a hidden `.<name>.partial-<pid>` folder, never `out_dir`.
     `frames_per_story` > 4 gives long stories (StoryGPT-V Table 5: 10/20/40/50 frames); the default 4
-    draws exactly the stories it always drew."""
+    draws exactly the stories it always drew.
+    `story_frames` > 0 gives StoryStream-shaped stories instead (SEED-Story stage 2): `story_frames` beats
+    whose text follows the characters (src/data/toy_long.py), cut into stories of `chunk_frames` beats (0:
+    kept whole); `num_*` then count the long stories, and `frames_per_story` is not used."""
     out_dir = Path(out_dir)
     counts = {"train": num_train, "val": num_val, "test": num_test}
     for split, count in counts.items():
@@ -185,6 +199,8 @@ def generate_toy_dataset(out_dir, seed: int = 0, num_train: int = 2000, num_val:
             raise ValueError(f"num_{split} must be >= 0, got {count}")
     if frames_per_story < 1:
         raise ValueError(f"frames_per_story must be >= 1, got {frames_per_story}")
+    if story_frames < 0 or chunk_frames < 0:
+        raise ValueError(f"story_frames and chunk_frames must be >= 0, got {story_frames}, {chunk_frames}")
     if image_size < 32:
         raise ValueError(f"image_size must be >= 32 for recognisable sprites, got {image_size}")
     if out_dir.exists() and not overwrite:
@@ -198,26 +214,32 @@ def generate_toy_dataset(out_dir, seed: int = 0, num_train: int = 2000, num_val:
         for char in CHARACTERS:
             _save_png(draw_reference(char, image_size), tmp / "chars" / f"{char.name}.png")
         chunk = 25
-        jobs = [(seed, split, list(range(start, min(start + chunk, count))), image_size, str(tmp), frames_per_story)
-                for split, count in counts.items() for start in range(0, count, chunk)]
+        jobs = [(seed, split, list(range(start, min(start + chunk, count))), image_size, str(tmp), frames_per_story,
+                 story_frames, chunk_frames) for split, count in counts.items() for start in range(0, count, chunk)]
         lines: dict[str, list[dict]] = {split: [] for split in counts}
         bar = tqdm(total=sum(counts.values()), desc=f"toy stories -> {out_dir}", unit="story", disable=not progress)
+        bar_unit = max(1, len(chunk_ranges(story_frames, chunk_frames))) if story_frames else 1
         if num_workers > 1:
             context = multiprocessing.get_context("spawn")  # safe even when the caller has threads (torch)
             with ProcessPoolExecutor(num_workers, mp_context=context) as pool:
                 for job, stories in zip(jobs, pool.map(_make_chunk, jobs)):
                     lines[job[1]] += stories
-                    bar.update(len(stories))
+                    bar.update(len(stories) // bar_unit)
         else:
             for job in jobs:
                 stories = _make_chunk(job)
                 lines[job[1]] += stories
-                bar.update(len(stories))
+                bar.update(len(stories) // bar_unit)
         bar.close()
         for split, stories in lines.items():
             text = "".join(json.dumps(line) + "\n" for line in stories)
             (tmp / f"{split}.jsonl").write_text(text, encoding="utf-8")
-        (tmp / "meta.json").write_text(json.dumps(_meta(seed, image_size, counts, frames_per_story), indent=2) + "\n", encoding="utf-8")
+        if story_frames:  # every chunk has chunk_frames beats only when they divide the story
+            frames = (chunk_frames or story_frames) if story_frames % (chunk_frames or story_frames) == 0 else None
+            meta = _meta(seed, image_size, counts, frames, {"story_frames": story_frames, "chunk_frames": chunk_frames})
+        else:
+            meta = _meta(seed, image_size, counts, frames_per_story)
+        (tmp / "meta.json").write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
         if out_dir.exists():  # overwrite: swap the new folder in, then drop the old one
             old = out_dir.parent / f".{out_dir.name}.old-{os.getpid()}"
             out_dir.rename(old)
@@ -240,13 +262,17 @@ def main(argv=None):
     parser.add_argument("--num-test", type=int, default=200)
     parser.add_argument("--image-size", type=int, default=64)
     parser.add_argument("--frames-per-story", type=int, default=FRAMES_PER_STORY, help="e.g. 10/20/40/50: long stories")
+    parser.add_argument("--story-frames", type=int, default=0,
+                        help="SEED-Story stage 2: long stories of N beats whose text follows the characters, e.g. 30")
+    parser.add_argument("--chunk-frames", type=int, default=10, help="with --story-frames: beats per story (0: whole)")
     parser.add_argument("--num-workers", type=int, default=2)
     parser.add_argument("--overwrite", action="store_true", help="replace an existing dataset folder")
     args = parser.parse_args(argv)
     path = generate_toy_dataset(args.out, seed=args.seed, num_train=args.num_train, num_val=args.num_val,
                                 num_test=args.num_test, image_size=args.image_size,
                                 num_workers=args.num_workers, overwrite=args.overwrite,
-                                frames_per_story=args.frames_per_story)
+                                frames_per_story=args.frames_per_story, story_frames=args.story_frames,
+                                chunk_frames=args.chunk_frames)
     print(f"wrote {path}")
 
 

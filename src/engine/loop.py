@@ -70,8 +70,20 @@ def make_lr_schedule(optim, optimizer, max_steps: int):
         warmup, every, factor = optim.warmup_steps, max(1, optim.decay_every), optim.decay_factor
         return torch.optim.lr_scheduler.LambdaLR(
             optimizer, lambda s: min(1.0, (s + 1) / warmup) if s < warmup else factor ** ((s - warmup) // every))
+    if optim.schedule == "cosine" and optim.min_lr_ratio > 0:  # SEED-X / SEED-Story: cosine down to a floor
+        return torch.optim.lr_scheduler.LambdaLR(
+            optimizer, lambda s: cosine_with_floor(s, optim.warmup_steps, max_steps, optim.min_lr_ratio))
     return get_scheduler(SCHEDULES[optim.schedule], optimizer, num_warmup_steps=optim.warmup_steps,
                          num_training_steps=max_steps)
+
+
+def cosine_with_floor(step: int, warmup: int, total: int, floor: float) -> float:
+    """LR multiplier: linear warmup, then a half cosine from 1 down to `floor` at step `total` (diffusers'
+    cosine, rescaled to end at the floor instead of 0)."""
+    if step < warmup:
+        return step / max(1, warmup)
+    progress = min(1.0, (step - warmup) / max(1, total - warmup))
+    return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress))
 
 
 def make_accelerator(cfg, run_dir: Path) -> Accelerator:
@@ -208,6 +220,8 @@ def _sample(task, ema, params, accelerator, out_dir: Path, cfg) -> None:
 
     Under ZeRO-3 every process runs the same forward passes (each layer gathers its partitioned weights
     from all processes); only the main process keeps the images."""
+    if not getattr(task, "draws_samples", True):  # a stage with nothing to draw (e.g. story_sft)
+        return
     everyone = zero.stage(accelerator) == 3
     if accelerator.is_main_process or everyone:
         with torch.random.fork_rng(devices=[]), tempfile.TemporaryDirectory() as scratch:

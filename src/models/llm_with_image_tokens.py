@@ -1,16 +1,22 @@
 """A Hugging Face causal LM with R added image tokens and soft visual tokens in its input: the LLM side
 of both stage 2s (StoryGPT-V §3.2 after GILL; SEED-Story's MLLM).
 
-The LM's own vocabulary keeps its V rows; the R image tokens [IMG0]..[IMG{R-1}] get ids V..V+R-1 in this
-wrapper's vocabulary and their own small parameters: `image_embeddings` (the input rows) and, for an LM
-whose output head is not tied to its input embeddings (Llama), `image_output` (the output rows). So in
-`frozen` mode (the paper's) exactly the [IMG] rows train and nothing of the LM can change by accident,
-with no gradient mask to get wrong; `lora` adds peft adapters, `full` trains the LM as well. The model
-family (OPT, Llama, ...) comes from the folder's config.json through the Auto classes, never its name.
+The LM's own vocabulary keeps its V rows; the R added tokens ([IMG0]..[IMG{R-1}] by default; SEED-Story's
+`<img>`, `</img>`, `<img_00000>`.. through `token_names`) get ids V..V+R-1 in this wrapper's vocabulary
+and their own small parameters: `image_embeddings` (the input rows) and, for an LM whose output head is
+not tied to its input embeddings (Llama), `image_output` (the output rows). So in `frozen` mode (the
+paper's) exactly the added rows train and nothing of the LM can change by accident, with no gradient mask
+to get wrong; `lora` adds peft adapters (LoraConfig keys, `modules_to_save` included), `full` trains the
+LM as well. `embeddings="full"` also trains the LM's own input embeddings and output head (SEED-Story's
+release trains `embed_tokens` and `lm_head` whole); "new_rows" trains only the added rows. When the
+tokenizer's length is V, the added names are registered in it as special tokens (same ids), so text
+decodes with them. The model family (OPT, Llama, ...) comes from the folder's config.json through the
+Auto classes, never its name.
 
 Shapes: B batch, L sequence, D LLM width, V LM vocabulary, R image tokens, K soft tokens per image.
   prompt pieces (text | soft tokens [K,D] | token ids) -> inputs_embeds [B,L,D], ids [B,L] (-1 soft/pad)
-  forward -> hidden [B,L,D] (last layer, after the final norm)
+  forward(inputs_embeds [B,L,D], attention_mask [B,L] or a prepared 4D mask [B,1,L,L] (bool, True = attend),
+          position_ids [B,L] optional) -> hidden [B,L,D] (last layer, after the final norm)
   logits_at(hidden [N,D]) -> [N,V+R]
 """
 from __future__ import annotations
@@ -22,6 +28,7 @@ import torch
 from torch import nn
 
 MODES = ("frozen", "lora", "full")
+EMBEDDINGS = ("new_rows", "full")
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json")
 Piece = Union[str, torch.Tensor, Sequence[int]]
 
@@ -39,17 +46,23 @@ def load_tokenizer(path):
 
 class LLMWithImageTokens(nn.Module):
     def __init__(self, lm: nn.Module, tokenizer, num_image_tokens: int = 8, mode: str = "frozen",
-                 lora: Optional[dict] = None):
+                 lora: Optional[dict] = None, token_names: Optional[Sequence[str]] = None,
+                 embeddings: str = "new_rows"):
         super().__init__()
         if mode not in MODES:
             raise ValueError(f"LLM mode '{mode}' is not one of {', '.join(MODES)}")
+        if embeddings not in EMBEDDINGS:
+            raise ValueError(f"LLM embeddings '{embeddings}' is not one of {', '.join(EMBEDDINGS)}")
         self.mode = mode
         self.tokenizer = tokenizer
-        embeddings = lm.get_input_embeddings()
-        self.vocab_size, self.width = embeddings.num_embeddings, embeddings.embedding_dim
-        self.num_image_tokens = num_image_tokens
+        table = lm.get_input_embeddings()
+        self.vocab_size, self.width = table.num_embeddings, table.embedding_dim
+        self.token_names = list(token_names) if token_names is not None else [f"[IMG{j}]" for j in range(num_image_tokens)]
+        self.num_image_tokens = num_image_tokens = len(self.token_names)
+        if token_names is not None and len(tokenizer) == self.vocab_size:
+            tokenizer.add_special_tokens({"additional_special_tokens": self.token_names})
         head = lm.get_output_embeddings()
-        self.tied = head is None or head.weight is embeddings.weight
+        self.tied = head is None or head.weight is table.weight
         std = getattr(lm.config, "init_std", None) or getattr(lm.config, "initializer_range", 0.02)
         self.image_embeddings = nn.Parameter(torch.randn(num_image_tokens, self.width) * std)
         self.image_output = None if self.tied else nn.Parameter(torch.randn(num_image_tokens, self.width) * std)
@@ -61,11 +74,16 @@ class LLMWithImageTokens(nn.Module):
             lm = get_peft_model(lm, LoraConfig(**(lora or {})))
         else:
             lm.requires_grad_(True)
+        if embeddings == "full":
+            for module in (lm.get_input_embeddings(), lm.get_output_embeddings()):
+                if module is not None:
+                    module.requires_grad_(True)
         self.lm = lm
 
     @classmethod
     def from_pretrained(cls, path, num_image_tokens: int = 8, mode: str = "frozen", dtype: str = "float32",
-                        lora: Optional[dict] = None) -> "LLMWithImageTokens":
+                        lora: Optional[dict] = None, token_names: Optional[Sequence[str]] = None,
+                        embeddings: str = "new_rows") -> "LLMWithImageTokens":
         from transformers import AutoModelForCausalLM
 
         path = Path(path)
@@ -73,7 +91,7 @@ class LLMWithImageTokens(nn.Module):
             raise FileNotFoundError(f"{path}/config.json: not found (model.llm must be a Hugging Face causal-LM folder)")
         tokenizer = load_tokenizer(path)
         lm = AutoModelForCausalLM.from_pretrained(path, dtype=getattr(torch, dtype))
-        return cls(lm, tokenizer, num_image_tokens, mode, lora)
+        return cls(lm, tokenizer, num_image_tokens, mode, lora, token_names, embeddings)
 
     # ---- vocabulary -------------------------------------------------------------------------------
     @property
@@ -81,7 +99,11 @@ class LLMWithImageTokens(nn.Module):
         return list(range(self.vocab_size, self.vocab_size + self.num_image_tokens))
 
     def image_token_names(self) -> list[str]:
-        return [f"[IMG{j}]" for j in range(self.num_image_tokens)]
+        return list(self.token_names)
+
+    def token_id(self, name: str) -> int:
+        """The id of an added token by name (e.g. "<img>")."""
+        return self.vocab_size + self.token_names.index(name)
 
     def embed_ids(self, ids: torch.Tensor) -> torch.Tensor:
         """Input embeddings of ids in this wrapper's vocabulary (>= V: the [IMG] rows)."""
@@ -125,12 +147,23 @@ class LLMWithImageTokens(nn.Module):
         return embeds, all_ids, mask
 
     # ---- forward ----------------------------------------------------------------------------------
-    def forward(self, inputs_embeds: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    def forward(self, inputs_embeds: torch.Tensor, attention_mask: torch.Tensor,
+                position_ids: Optional[torch.Tensor] = None) -> torch.Tensor:
         """Last-layer hidden states [B,L,D] (the states the LM head reads). Logits are left to
-        `logits_at`, for the few positions a loss needs (a 50k-word head over every position is costly)."""
-        out = self.lm(inputs_embeds=inputs_embeds, attention_mask=attention_mask, output_hidden_states=True,
-                      logits_to_keep=1)
+        `logits_at`, for the few positions a loss needs (a 50k-word head over every position is costly).
+        A 4D boolean mask is used as it is (custom visibility, e.g. SEED-Story's every-beat supervision);
+        eager attention adds its mask, so it gets the additive form."""
+        if attention_mask.dim() == 4 and self.lm.config._attn_implementation == "eager":
+            blocked = torch.finfo(inputs_embeds.dtype).min
+            attention_mask = torch.zeros(attention_mask.shape, dtype=inputs_embeds.dtype,
+                                         device=attention_mask.device).masked_fill(~attention_mask, blocked)
+        out = self.lm(inputs_embeds=inputs_embeds, attention_mask=attention_mask, position_ids=position_ids,
+                      output_hidden_states=True, logits_to_keep=1, use_cache=False)
         return out.hidden_states[-1]
+
+    def enable_gradient_checkpointing(self) -> None:
+        """Recompute each decoder layer in backward (non-reentrant: the inputs need no grad flag)."""
+        self.lm.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
 
     def logits_at(self, hidden: torch.Tensor) -> torch.Tensor:
         """[N,D] -> [N,V+R]: the LM head's logits, then the [IMG] rows'."""

@@ -10,6 +10,7 @@ TASKS = {
     "char_ldm": "src.tasks.char_ldm:CharLDMTask",
     "align": "src.tasks.align:AlignTask",
     "detokenizer": "src.tasks.detokenizer:DetokenizerTask",
+    "story_sft": "src.tasks.story_sft:StorySFTTask",
 }
 
 

@@ -54,6 +54,7 @@ class LoraSettings:           # peft LoraConfig for llm_mode: lora
     lora_alpha: int = 16
     lora_dropout: float = 0.05
     target_modules: List[str] = field(default_factory=lambda: ["q_proj", "v_proj"])
+    modules_to_save: Optional[List[str]] = None   # modules trained whole and saved beside the adapters
 
 
 @dataclass
@@ -123,7 +124,8 @@ class AlignTask(Task):
         self.llm = LLMWithImageTokens.from_pretrained(
             m.llm, m.num_image_tokens, m.llm_mode, m.llm_dtype,
             lora=dict(r=m.lora.r, lora_alpha=m.lora.lora_alpha, lora_dropout=m.lora.lora_dropout,
-                      target_modules=list(m.lora.target_modules)))
+                      target_modules=list(m.lora.target_modules),
+                      modules_to_save=list(m.lora.modules_to_save) if m.lora.modules_to_save else None))
         self.vision = CharacterImageEncoder.from_pretrained(m.vision_encoder, trainable_layers=0)
         self.visual_tokens = ImageToTokens(self.vision.vision_model.config.hidden_size, self.llm.width,
                                            m.visual_tokens)

@@ -52,6 +52,8 @@ class Task(nn.Module):
         """Metrics on held-out data, run by the engine every `train.validate_every` steps."""
         return {}
 
+    draws_samples: bool = True  # False: the stage draws no images; the engine then skips periodic samples
+
     def sample(self, out_dir: Path, split: str, num_stories: Optional[int]) -> Path:
         """Draw stories of `split` with the current weights into the generated-story layout."""
         raise NotImplementedError

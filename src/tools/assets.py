@@ -28,7 +28,8 @@ def ensure_dataset(cfg) -> Path:
         print(f"building the toy dataset in {root} (seed {toy.seed}) ...", flush=True)
         return generate_toy_dataset(root, seed=toy.seed, num_train=toy.num_train, num_val=toy.num_val,
                                     num_test=toy.num_test, image_size=cfg.data.image_size,
-                                    frames_per_story=cfg.data.frames_per_story)
+                                    frames_per_story=cfg.data.frames_per_story, story_frames=toy.story_frames,
+                                    chunk_frames=cfg.data.chunk_frames)
     raise FileNotFoundError(f"data.root={root}: no meta.json there. Convert the dataset first "
                             f"(bash scripts/prepare_data.sh {cfg.data.name} SOURCE_DIR; see data/README.md)")
 
@@ -43,7 +44,7 @@ def ensure_weights(cfg) -> None:
             from src.tools.tiny_llm import ensure_tiny_llm_in_stack
 
             ensure_tiny_llm_in_stack(Path(llm), Path(cfg.tiny_stack), Path(cfg.data.root))
-        if cfg.task == "detokenizer":  # SEED-Story's tiny SDXL folder and visual tokenizer
+        if cfg.task in ("detokenizer", "story_sft"):  # SEED-Story's tiny SDXL folder and visual tokenizer
             from src.tools.tiny_seed import ensure_tiny_seed
 
             ensure_tiny_seed(Path(cfg.tiny_stack), Path(cfg.data.root))

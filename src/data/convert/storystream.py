@@ -3,7 +3,9 @@
     <source>/**/{train,val,test}.jsonl   one story per line: {"id", "images": [30 paths], "captions": [30],
                                          "orders": [...]}; 'valid'/'validation' are read as val
     <image root>/<path>                  the frames (JPEG, 480x854), found under the source folder,
-                                         its images/ or image/ subfolder, or --image-root
+                                         its images/ or image/ subfolder, one series folder below
+                                         those (SEED-Story's json/ + image/<series>/ layout), or
+                                         --image-root
 
 Such lines are valid story-format lines already (docs/story_format.md). The conversion:
 - chunks each story into consecutive stories of `chunk_frames` frames (default 10, as SEED-Story
@@ -117,14 +119,29 @@ class StoryStreamSource(Source):
         raise ConversionError(f"the split files under {self.source_dir} hold no story")
 
     def _find_image_root(self, given) -> Path:
+        """The folder the story lines' image paths are relative to: --image-root, else the source folder,
+        the split file's folder or its parent, each itself or its images/ or image/ subfolder, or one
+        series folder below those (SEED-Story's own layout: json/{train,val}.jsonl next to
+        image/<series>/..., e.g. image/george_full/000258/...)."""
         path, first = self._first_image()
-        candidates = [Path(given)] if given else [self.source_dir, self.source_dir / "images", self.source_dir / "image",
-                                                  path.parent, path.parent / "images", path.parent / "image"]
+        if given:
+            candidates = [Path(given)]
+        else:
+            bases = list(dict.fromkeys([self.source_dir, path.parent, path.parent.parent]))
+            candidates = [root for base in bases for root in (base, base / "images", base / "image")]
         for root in candidates:
             if (root / first).is_file():
                 return root.resolve()
+        series = sorted({child.resolve() for root in candidates if not given and root.name in ("image", "images")
+                         and root.is_dir() for child in root.iterdir() if (child / first).is_file()})
+        if len(series) == 1:
+            return series[0]
+        if len(series) > 1:
+            raise ConversionError(f"image '{first}' (first story of {path}) is in several series folders "
+                                  f"{[str(s) for s in series]}; pass --image-root")
         raise ConversionError(f"image '{first}' (first story of {path}) is not under any of "
-                              f"{[str(c) for c in candidates]}; pass --image-root")
+                              f"{[str(c) for c in candidates]} or a series folder of their image/ or images/; "
+                              f"pass --image-root")
 
     def setup(self, out_dir: Path) -> None:
         if self.mode != "link":

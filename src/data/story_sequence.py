@@ -1,0 +1,165 @@
+"""SEED-Story stage 2's interleaved story sequence, its masks and labels (teardown §3, "decode_long_story_data").
+
+A sample is beats first..last of a story; each beat is its text then its image block:
+
+  <s> cap_first <img> [image] </img> [INST] cap_{first+1} <img> [image] </img> ... [INST] cap_last <img> [image] </img> </s>
+
+An image is an *input* (its K positions are overwritten by the input resampler's output: `cmp`, the
+release's ids_cmp_mask) or a *target* (its K positions hold the raw image-token embeddings and their
+last-layer hidden states go to the output resampler: `gen`, the release's ids_gen_mask).
+
+supervision "last" (the release): only the last beat is a target; its text, `<img>` and `</s>` are
+supervised, everything else (context, image tokens, `</img>`) is masked. Plain causal attention.
+
+supervision "every" (default): every beat after the first is a target, in one causal pass. A target
+image that later beats read as context appears twice, at the same positions: first a query block of K
+image tokens (gen), then the K input features (cmp). The query block is hidden from every other token
+(the attention mask), so the later tokens see exactly the release's context layout, and each query block
+sees exactly what the release's sample ending at that beat shows its target: the whole pass is the union
+of the release's samples first..b for every b, sharing their computation. The last beat's image is a
+plain target (nothing follows it but `</s>`).
+
+An over-long sample is cut by whole beats from the front (`fit_sequence`); the caller counts the cuts.
+
+Shapes: L sequence length, K image tokens per image, N images.
+  input_ids, targets, position_ids, hidden_group [L]; cmp_mask, gen_mask [L] bool;
+  targets[i] = the token position i must predict (-100: none); hidden_group[i] >= 0: a hidden query block.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+IGNORE = -100
+SUPERVISION = ("every", "last")
+
+
+@dataclass(frozen=True)
+class SpecialIds:
+    bos: int | None
+    eos: int
+    boi: int                      # <img>
+    eoi: int                      # </img>
+    img: tuple[int, ...]          # <img_00000> .. <img_{K-1}>
+    separator: tuple[int, ...]    # the tokenized beat separator ("[INST]")
+
+
+@dataclass
+class StorySequence:
+    input_ids: list[int] = field(default_factory=list)
+    targets: list[int] = field(default_factory=list)
+    position_ids: list[int] = field(default_factory=list)
+    hidden_group: list[int] = field(default_factory=list)
+    cmp_mask: list[bool] = field(default_factory=list)
+    gen_mask: list[bool] = field(default_factory=list)
+    input_beats: list[int] = field(default_factory=list)    # beat of each input image, in sequence order
+    target_beats: list[int] = field(default_factory=list)   # beat of each target image, in sequence order
+    first: int = 0                                          # beats before it were cut
+
+    def __len__(self) -> int:
+        return len(self.input_ids)
+
+
+class _Writer:
+    def __init__(self):
+        self.seq = StorySequence()
+        self.prev = None   # the last position of the visible stream: it predicts the next visible token
+        self.next_pos = 0
+
+    def put(self, token: int, supervised: bool, cmp: bool = False, gen: bool = False) -> None:
+        s = self.seq
+        if supervised and self.prev is not None:
+            s.targets[self.prev] = token
+        self.prev = len(s.input_ids)
+        s.input_ids.append(token)
+        s.targets.append(IGNORE)
+        s.position_ids.append(self.next_pos)
+        s.hidden_group.append(-1)
+        s.cmp_mask.append(cmp)
+        s.gen_mask.append(gen)
+        self.next_pos += 1
+
+    def hidden_queries(self, ids: tuple[int, ...], group: int) -> None:
+        """A query block at the positions the next K visible tokens will take, seen by no other token."""
+        s = self.seq
+        for j, token in enumerate(ids):
+            s.input_ids.append(token)
+            s.targets.append(IGNORE)
+            s.position_ids.append(self.next_pos + j)
+            s.hidden_group.append(group)
+            s.cmp_mask.append(False)
+            s.gen_mask.append(True)
+
+
+def build_sequence(captions: list[list[int]], first: int, last: int, ids: SpecialIds,
+                   supervision: str = "every") -> StorySequence:
+    """The sequence of beats first..last (inclusive) of a story whose captions are token ids."""
+    if supervision not in SUPERVISION:
+        raise ValueError(f"supervision '{supervision}' is not one of {', '.join(SUPERVISION)}")
+    if not 0 <= first < last < len(captions):
+        raise ValueError(f"a sample needs a context beat and a target beat: beats {first}..{last} of {len(captions)}")
+    w = _Writer()
+    w.seq.first = first
+    for b in range(first, last + 1):
+        target = b == last or (supervision == "every" and b > first)
+        if b == first and ids.bos is not None:
+            w.put(ids.bos, False)
+        for token in (() if b == first else ids.separator) + tuple(captions[b]):
+            w.put(token, target)
+        w.put(ids.boi, target)
+        if target and b < last:  # every-beat: a hidden query block, then the features for later beats
+            w.hidden_queries(ids.img, len(w.seq.target_beats))
+            w.seq.target_beats.append(b)
+        if target and b == last:
+            for token in ids.img:
+                w.put(token, False, gen=True)
+            w.seq.target_beats.append(b)
+        else:
+            for token in ids.img:
+                w.put(token, False, cmp=True)
+            w.seq.input_beats.append(b)
+        w.put(ids.eoi, False)
+    w.put(ids.eos, True)
+    return w.seq
+
+
+def fit_sequence(captions: list[list[int]], last: int, ids: SpecialIds, supervision: str,
+                 max_length: int, where: str = "story") -> StorySequence:
+    """Beats 0..last, cut by whole beats from the front while longer than `max_length` (the first kept
+    beat becomes the context). Two beats still too long is an error naming `where`."""
+    first = 0
+    while True:
+        seq = build_sequence(captions, first, last, ids, supervision)
+        if len(seq) <= max_length:
+            return seq
+        if last - first < 2:
+            raise ValueError(f"{where}: beats {first}..{last} take {len(seq)} tokens, more than "
+                             f"model.max_length={max_length} even with one context beat")
+        first += 1
+
+
+def attention_mask(hidden_group: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+    """[B,L] groups and validity -> [B,1,L,L] bool (True: query i may attend key j): causal, no padding
+    keys, and a hidden query block is seen only by itself. Each position sees at least itself."""
+    length = hidden_group.shape[1]
+    causal = torch.ones(length, length, dtype=torch.bool, device=valid.device).tril()
+    key_group, query_group = hidden_group[:, None, :], hidden_group[:, :, None]
+    allowed = causal[None] & valid[:, None, :] & ((key_group < 0) | (key_group == query_group))
+    allowed |= torch.eye(length, dtype=torch.bool, device=valid.device)[None]
+    return allowed[:, None]
+
+
+def pad_batch(sequences: list[StorySequence], pad_id: int) -> dict[str, torch.Tensor]:
+    """Right-padded tensors [B,L] of a list of sequences, plus the 4D attention mask."""
+    length = max(len(s) for s in sequences)
+
+    def stack(key: str, fill, dtype):
+        return torch.tensor([getattr(s, key) + [fill] * (length - len(s)) for s in sequences], dtype=dtype)
+
+    out = {"input_ids": stack("input_ids", pad_id, torch.long), "targets": stack("targets", IGNORE, torch.long),
+           "position_ids": stack("position_ids", 0, torch.long), "hidden_group": stack("hidden_group", -1, torch.long),
+           "cmp_mask": stack("cmp_mask", False, torch.bool), "gen_mask": stack("gen_mask", False, torch.bool)}
+    out["valid"] = torch.tensor([[True] * len(s) + [False] * (length - len(s)) for s in sequences])
+    out["attention_mask"] = attention_mask(out["hidden_group"], out["valid"])
+    return out

@@ -1,0 +1,199 @@
+"""SEED-Story stage 2: supervised fine-tuning of the MLLM on stories (SEED-Story §3.2; teardown §1-§3).
+
+A sample is a story's beats 0..n+1 with n context beats drawn uniformly in 0..F-2 (`context_beats:
+random`, the release) or all beats (`all`). The sequence, its masks and labels: src/data/story_sequence.py.
+By default every beat after the first is supervised in one causal pass, its text and its image features
+(`supervision: every`); `last` supervises only the last beat, as released. A sample longer than
+`model.max_length` tokens is cut by whole beats from the front; the number of cut samples is logged
+every step (`train/samples_cut`, and `train/samples_cut_total` since the process started).
+
+Loss: ce_weight * CE on the supervised tokens + regression_weight * (1 - cos) between the regressed and
+the frozen visual tokenizer's features of every target image (`regression_loss: mse` as an option).
+
+Trainable (released): LoRA adapters, the modules in lora.modules_to_save (the norms), the LLM's
+embeddings and head (`embeddings: full`; `new_rows`: only the added tokens' rows), both resamplers.
+
+Shapes: B batch, F beats, S tokenizer input size, L sequence, K image tokens, Q feature tokens, E width.
+  pixel_values [sum F,3,S,S] (every beat of every story of the batch) -> features [N,Q,E]
+  sequence tensors [B,L] (story_sequence.pad_batch), attention_mask [B,1,L,L]
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import List, Optional
+
+import torch
+import torch.nn.functional as F
+
+from src.data.datasets import StoryDataset
+from src.data.stories import StoryFormatError
+from src.data.story_sequence import SUPERVISION, SpecialIds, fit_sequence, pad_batch
+from src.models.llm_with_image_tokens import EMBEDDINGS, LLMWithImageTokens
+from src.models.story_mllm import REGRESSION_LOSSES, StoryMLLM, regression_loss, seed_token_names
+from src.models.visual_tokenizer import build_visual_tokenizer
+from src.tasks.align import LoraSettings
+from src.tasks.base import Task
+
+
+def released_lora() -> LoraSettings:
+    """SEED-Story's LoRA (teardown §1): r 16, alpha 32, dropout 0.05 on every projection; norms saved."""
+    return LoraSettings(r=16, lora_alpha=32, lora_dropout=0.05,
+                        target_modules=["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
+                        modules_to_save=["input_layernorm", "post_attention_layernorm", "norm"])
+
+
+@dataclass
+class StorySFTModelConfig:
+    llm: str = "pretrained/Llama-2-7b-hf"     # a Hugging Face causal-LM folder with its tokenizer
+    llm_dtype: str = "bfloat16"               # the LLM's stored weights (trained ones stay fp32 masters)
+    llm_mode: str = "lora"                    # lora (released) | full | frozen
+    lora: LoraSettings = field(default_factory=released_lora)
+    embeddings: str = "full"                  # full (released: embed_tokens + lm_head train) | new_rows
+    # A checkpoint of this task's trainable weights (a trainable.safetensors, by name) to start from, e.g.
+    # the SEED-X-pretrained agent once converted; loaded strictly.
+    init_weights: Optional[str] = None
+    num_image_tokens: int = 64                # K: <img_00000>.. per image (a square: 8x8 input queries)
+    tokenizer: str = "qwen_vit"               # the frozen visual tokenizer (src/models/visual_tokenizer.py)
+    tokenizer_path: str = "pretrained/qwen_vit_G.safetensors"
+    tokenizer_arch: Optional[str] = None
+    input_resampler_heads: int = 32
+    output_resampler_heads: int = 32
+    separator: str = "[INST]"                 # the literal text between beats (released)
+    supervision: str = "every"                # every (one causal pass, every beat) | last (released)
+    context_beats: str = "random"             # random (n ~ U{0..F-2}, released) | all
+    max_length: int = 1280                    # tokens; longer samples are cut by whole beats from the front
+    ce_weight: float = 1.0
+    regression_weight: float = 1.0
+    regression_loss: str = "cosine"           # cosine (released) | mse (SEED-X 13B)
+    gradient_checkpointing: bool = False
+    val_stories: int = 0                      # validation: the first N val stories (0: all)
+
+
+CHOICES = {"llm_mode": ("frozen", "lora", "full"), "embeddings": EMBEDDINGS, "supervision": SUPERVISION,
+           "context_beats": ("random", "all"), "regression_loss": REGRESSION_LOSSES,
+           "llm_dtype": ("float32", "bfloat16", "float16")}
+
+
+class StorySFTTask(Task):
+    ModelConfig = StorySFTModelConfig
+    best_metric = "val/loss"
+    draws_samples = False  # stage 2 draws no frames (story generation is the inference entry's job)
+
+    def __init__(self, cfg):
+        super().__init__(cfg)
+        m = cfg.model
+        for key, allowed in CHOICES.items():
+            if getattr(m, key) not in allowed:
+                raise ValueError(f"key 'model.{key}': '{getattr(m, key)}' is not one of {', '.join(allowed)}")
+        self.visual_tokenizer = build_visual_tokenizer(m.tokenizer, m.tokenizer_path, m.tokenizer_arch)
+        probe = self.visual_tokenizer.empty_features(1)
+        lora = dict(r=m.lora.r, lora_alpha=m.lora.lora_alpha, lora_dropout=m.lora.lora_dropout,
+                    target_modules=list(m.lora.target_modules),
+                    modules_to_save=list(m.lora.modules_to_save) if m.lora.modules_to_save else None)
+        llm = LLMWithImageTokens.from_pretrained(m.llm, mode=m.llm_mode, dtype=m.llm_dtype, lora=lora,
+                                                 token_names=seed_token_names(m.num_image_tokens),
+                                                 embeddings=m.embeddings)
+        self.mllm = StoryMLLM(llm, m.num_image_tokens, probe.shape[1], probe.shape[2], m.input_resampler_heads,
+                              m.output_resampler_heads)
+        if m.gradient_checkpointing:
+            llm.enable_gradient_checkpointing()
+        tok = llm.tokenizer
+        self.special = SpecialIds(bos=tok.bos_token_id, eos=tok.eos_token_id, boi=self.mllm.boi_id,
+                                  eoi=self.mllm.eoi_id, img=self.mllm.image_ids, separator=tuple(llm.text_ids(m.separator)))
+        self.samples_cut_total = 0
+        if m.init_weights:
+            self.load_init_weights(m.init_weights)
+
+    def load_init_weights(self, path: str) -> None:
+        """model.init_weights: a trainable.safetensors of this task (a run's checkpoint, or converted
+        weights in the same names), loaded strictly."""
+        from safetensors.torch import load_file
+
+        if not Path(path).is_file():
+            raise FileNotFoundError(f"key 'model.init_weights': {path} not found (a trainable.safetensors of a "
+                                    f"story_sft run, or converted weights in its names)")
+        self.load_trainable_state_dict(load_file(path), source=path)
+
+    # ---- data -------------------------------------------------------------------------------------
+    def dataset(self, split: str) -> StoryDataset:
+        data = StoryDataset(self.cfg.data.root, split, self.visual_tokenizer.image_size)
+        for story in data.stories:
+            if story.num_frames < 2:
+                raise StoryFormatError(data.data.jsonl, story.line, "images",
+                                       f"story '{story.id}' has {story.num_frames} beat; stage 2 needs at least 2")
+        return data
+
+    def train_dataset(self):
+        return self.dataset("train")
+
+    def collate(self, items: list[dict]) -> dict:
+        """Every beat's frame [sum F,3,S,S]; captions as token ids (lists, per story)."""
+        return {"pixel_values": torch.cat([item["pixel_values"] for item in items]),
+                "num_beats": [len(item["captions"]) for item in items],
+                "caption_ids": [[self.mllm.llm.text_ids(c) for c in item["captions"]] for item in items],
+                "story_id": [item["story_id"] for item in items]}
+
+    # ---- the step ---------------------------------------------------------------------------------
+    def sequences(self, batch: dict, lasts: list[int], supervision: str) -> tuple[list, int]:
+        """Fitted sequences of beats ..lasts[b]; how many were cut."""
+        seqs = [fit_sequence(ids, last, self.special, supervision, self.cfg.model.max_length, f"story '{sid}'")
+                for ids, last, sid in zip(batch["caption_ids"], lasts, batch["story_id"])]
+        return seqs, sum(1 for s in seqs if s.first > 0)
+
+    def losses(self, batch: dict, seqs: list) -> dict:
+        device = batch["pixel_values"].device
+        offsets = [0]
+        for count in batch["num_beats"][:-1]:
+            offsets.append(offsets[-1] + count)
+        inputs = [offsets[b] + k for b, s in enumerate(seqs) for k in s.input_beats]
+        targets = [offsets[b] + k for b, s in enumerate(seqs) for k in s.target_beats]
+        used = sorted(set(inputs) | set(targets))
+        row = {frame: i for i, frame in enumerate(used)}
+        features = self.visual_tokenizer(batch["pixel_values"][used])  # frozen: no grad
+        t = {k: v.to(device) for k, v in pad_batch(seqs, self.special.eos).items()}
+        hidden = self.mllm(t["input_ids"], features[[row[i] for i in inputs]], t["cmp_mask"], t["attention_mask"],
+                           t["position_ids"])
+        supervised = t["targets"] != -100
+        logits = self.mllm.llm.logits_at(hidden[supervised])
+        ce = F.cross_entropy(logits.float(), t["targets"][supervised])
+        regressed = self.mllm.regress(hidden, t["gen_mask"])
+        regression = regression_loss(regressed, features[[row[i] for i in targets]], self.cfg.model.regression_loss)
+        m = self.cfg.model
+        return {"loss": m.ce_weight * ce + m.regression_weight * regression, "ce": ce.detach(),
+                m.regression_loss: regression.detach(), "tokens": t["valid"].sum().float() / len(seqs),
+                "images": torch.tensor(float(len(targets)))}
+
+    def training_step(self, batch: dict) -> dict:
+        m = self.cfg.model
+        beats = batch["num_beats"]
+        if m.context_beats == "random":  # n ~ U{0..F-2} context beats after the first, from the global RNG
+            lasts = [1 + int(torch.randint(0, f - 1, ())) for f in beats]
+        else:
+            lasts = [f - 1 for f in beats]
+        seqs, cut = self.sequences(batch, lasts, m.supervision)
+        self.samples_cut_total += cut
+        out = self.losses(batch, seqs)
+        out["samples_cut"] = torch.tensor(float(cut))
+        out["samples_cut_total"] = torch.tensor(float(self.samples_cut_total))
+        return out
+
+    # ---- validation ---------------------------------------------------------------------------------
+    @torch.no_grad()
+    def validate(self) -> dict:
+        """Teacher-forced CE and regression on val stories, every beat of each whole story (the every-beat
+        pass equals the union of the release's samples, so it scores either supervision mode)."""
+        data = self.dataset("val")
+        count = min(self.cfg.model.val_stories or len(data), len(data))
+        device = self.mllm.input_resampler.query.device
+        totals, batches = {}, 0
+        step = max(1, self.cfg.train.batch_size)
+        for start in range(0, count, step):
+            batch = self.collate([data[i] for i in range(start, min(start + step, count))])
+            batch["pixel_values"] = batch["pixel_values"].to(device)
+            seqs, _ = self.sequences(batch, [f - 1 for f in batch["num_beats"]], "every")
+            for key, value in self.losses(batch, seqs).items():
+                if key in ("loss", "ce", self.cfg.model.regression_loss):
+                    totals[key] = totals.get(key, 0.0) + float(value)
+            batches += 1
+        return {f"val/{k}": v / max(batches, 1) for k, v in totals.items()}
