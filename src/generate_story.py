@@ -24,17 +24,16 @@ from src.models.story_cache import CONTEXT_MODES, SinkSettings
 from src.pipelines.seed_story import GEN_MODES, DecodeSettings
 
 
-def load_run(path: Path, task_name: str, flag: str, weights: str):
-    """(task, cfg, weights file, config file) of a run of `task_name`; another task's run is an error
-    naming the file."""
+def run_config(path: Path, task_name: str, flag: str):
+    """(config file, config) of a run of `task_name`; another task's run is an error naming the file."""
     from src.config import load_config
-    from src.tasks.from_checkpoint import load_task_from_checkpoint, run_folder_of
+    from src.tasks.from_checkpoint import run_folder_of
 
-    run_dir = run_folder_of(path)
-    found = load_config(run_dir / "config.yaml").task
-    if found != task_name:
-        raise ValueError(f"{run_dir / 'config.yaml'}: key 'task' is '{found}', {flag} needs a '{task_name}' run")
-    return (*load_task_from_checkpoint(path, weights), run_dir / "config.yaml")
+    config = run_folder_of(path) / "config.yaml"
+    cfg = load_config(config)
+    if cfg.task != task_name:
+        raise ValueError(f"{config}: key 'task' is '{cfg.task}', {flag} needs a '{task_name}' run")
+    return config, cfg
 
 
 def main(argv=None) -> int:
@@ -64,15 +63,21 @@ def main(argv=None) -> int:
 
     from src.data.stories import read_split
     from src.pipelines.seed_story import generate_seed_stories
+    from src.tasks.from_checkpoint import load_task_from_checkpoint
 
-    mllm, mcfg, mfile, mconfig = load_run(args.mllm, "story_sft", "--mllm", args.weights)
-    detok, dcfg, dfile, dconfig = load_run(args.detokenizer, "detokenizer", "--detokenizer", args.weights)
+    # Every input is checked before a model is built: the two runs, the visual tokenizers, the stories.
+    mconfig, mcfg = run_config(args.mllm, "story_sft", "--mllm")
+    dconfig, dcfg = run_config(args.detokenizer, "detokenizer", "--detokenizer")
     for key in ("tokenizer", "tokenizer_path"):  # the regressed features must be the de-tokenizer's kind
-        if getattr(mcfg.model, key) != getattr(dcfg.model, key):
+        same = (Path(getattr(mcfg.model, key)).resolve() == Path(getattr(dcfg.model, key)).resolve()
+                if key == "tokenizer_path" else getattr(mcfg.model, key) == getattr(dcfg.model, key))
+        if not same:
             raise ValueError(f"key 'model.{key}': the MLLM run has '{getattr(mcfg.model, key)}', the de-tokenizer "
                              f"run '{getattr(dcfg.model, key)}'; both must use the same visual tokenizer")
     root = args.data_root or Path(mcfg.data.root)
     stories = read_split(root, args.split)[1][:args.num_stories or None]
+    mllm, _, mfile = load_task_from_checkpoint(args.mllm, args.weights)
+    detok, _, dfile = load_task_from_checkpoint(args.detokenizer, args.weights)
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     mllm.to(device).eval()
     detok.to(device).eval()

