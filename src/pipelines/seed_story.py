@@ -15,8 +15,10 @@ the image as context exactly as in training (the release also feeds back the reg
 a re-encoding of the drawn frame).
 
 - story mode: beat 0 is the given first frame and text; the MLLM writes each next beat's text
-  (sampled: temperature and top-p, or greedy at temperature 0) until it emits `<img>`, then its image;
-  `</s>` ends the story. Image tokens and `</img>` are banned while writing text.
+  (sampled: temperature and top-p, or greedy at temperature 0) until it emits `<img>`, then its image.
+  After `</img>` the model chooses between the separator `[INST]` (then fed whole) and `</s>` (the
+  story ends); image tokens, `</img>` and `</s>` are banned inside a beat's text, and `<img>` is forced
+  after `max_text_tokens` (counted per story in generation.json).
 - vis mode: the given captions are the text (teacher-forced), the MLLM draws their frames.
 Frame 0 is in both modes the de-tokenizer's drawing of the given first frame's tokenizer features.
 
@@ -40,7 +42,7 @@ GEN_MODES = ("story", "vis")
 class DecodeSettings:
     temperature: float = 0.7      # the values the release passes (and ignores: it decodes greedily)
     top_p: float = 0.5
-    max_text_tokens: int = 64     # per beat; reaching it without <img> ends the story
+    max_text_tokens: int = 64     # per beat; reached without <img>, <img> is forced (counted in the stats)
     seed: int = 0
 
 
@@ -120,20 +122,28 @@ class StoryWriter:
         return Beat(caption, features, text)
 
     def next_text(self, beat: int, generator) -> tuple[Optional[list[int]], str]:
-        """Sample the beat's tokens (its [INST] included) until <img>: (their ids, all cached, ""), or
-        (None, why the story ends: "</s>" or "no <img> within max_text_tokens")."""
-        ids: list[int] = []
-        while len(ids) < self.decode.max_text_tokens:
+        """The beat's tokens until <img>: (ids, all cached, "" or "max_text_tokens" when <img> was forced
+        there), or (None, "</s>") when the story ends. After </img> the layout stage 2 trained on allows
+        only the separator or </s>: one choice between the two, then the whole separator is fed; the text
+        is then sampled with image tokens and </img> banned."""
+        s = self.special
+        logits = self.llm.logits_at(self.last_hidden[None])[0]
+        allowed = torch.full_like(logits, float("-inf"))
+        allowed[[s.separator[0], s.eos]] = logits[[s.separator[0], s.eos]]
+        if pick_token(allowed, self.decode, generator) == s.eos:
+            return None, "</s>"
+        ids = list(s.separator)
+        self._feed(self._embed(ids), beat, ["text"] * len(ids))
+        while len(ids) - len(s.separator) < self.decode.max_text_tokens:
             logits = self.llm.logits_at(self.last_hidden[None])[0]
             logits[self.banned] = float("-inf")  # the release sets them to 0.0 (teardown §1); never sampled here
+            logits[s.eos] = float("-inf")        # a beat's text ends with <img>; </s> only follows </img>
             token = pick_token(logits, self.decode, generator)
-            if token == self.special.eos:
-                return None, "</s>"
-            if token == self.special.boi:
+            if token == s.boi:
                 return ids, ""
             ids.append(token)
             self._feed(self._embed([token]), beat, ["text"])
-        return None, "no <img> within max_text_tokens"
+        return ids, "max_text_tokens"
 
     @torch.no_grad()
     def write(self, caption: str, features: torch.Tensor, beats: int,
@@ -143,7 +153,7 @@ class StoryWriter:
         generator = torch.Generator().manual_seed(self.decode.seed)
         start = time.perf_counter()
         out = [self.start(caption, features)]
-        peak_bytes, stop, evicted = self.cache.kv_bytes(), "beats", []
+        peak_bytes, stop, evicted, forced = self.cache.kv_bytes(), "beats", [], 0
         for beat in range(1, beats):
             evicted += self.cache.evict_if_full()
             if captions is not None:
@@ -155,6 +165,7 @@ class StoryWriter:
                 if ids is None:
                     stop = why
                     break
+                forced += why == "max_text_tokens"
                 regressed = self._image([], beat)
                 out.append(Beat(self.text_of(ids), regressed, ids))
             peak_bytes = max(peak_bytes, self.cache.kv_bytes())
@@ -162,7 +173,8 @@ class StoryWriter:
         stats = {"beats": len(out), "stop": stop, "llm_seconds": round(seconds, 4),
                  "seconds_per_beat": round(seconds / max(len(out) - 1, 1), 5),
                  "peak_cache_tokens": self.cache.peak_tokens, "peak_cache_bytes": peak_bytes,
-                 "final_cache_tokens": len(self.cache), "evicted_beats": evicted}
+                 "final_cache_tokens": len(self.cache), "evicted_beats": evicted,
+                 "img_forced_at_max_text_tokens": forced}
         return out, stats
 
     def text_of(self, ids: list[int]) -> str:
