@@ -17,6 +17,7 @@ Shapes: B batch, L sequence, D LLM width, V LM vocabulary, R image tokens, K sof
   prompt pieces (text | soft tokens [K,D] | token ids) -> inputs_embeds [B,L,D], ids [B,L] (-1 soft/pad)
   forward(inputs_embeds [B,L,D], attention_mask [B,L] or a prepared 4D mask [B,1,L,L] (bool, True = attend),
           position_ids [B,L] optional) -> hidden [B,L,D] (last layer, after the final norm)
+  forward_cached(inputs_embeds [B,L,D], a transformers Cache, position_ids [B,L]) -> hidden [B,L,D]
   logits_at(hidden [N,D]) -> [N,V+R]
 """
 from __future__ import annotations
@@ -159,6 +160,14 @@ class LLMWithImageTokens(nn.Module):
                                          device=attention_mask.device).masked_fill(~attention_mask, blocked)
         out = self.lm(inputs_embeds=inputs_embeds, attention_mask=attention_mask, position_ids=position_ids,
                       output_hidden_states=True, logits_to_keep=1, use_cache=False)
+        return out.hidden_states[-1]
+
+    def forward_cached(self, inputs_embeds: torch.Tensor, cache, position_ids: torch.Tensor) -> torch.Tensor:
+        """Inference with a KV cache (a transformers Cache, extended in place): the new tokens
+        [B,L,D] at `position_ids` [B,L] attend to every cached token and causally to each other.
+        Returns their last-layer hidden states [B,L,D]."""
+        out = self.lm(inputs_embeds=inputs_embeds, past_key_values=cache, position_ids=position_ids,
+                      use_cache=True, output_hidden_states=True, logits_to_keep=1)
         return out.hidden_states[-1]
 
     def enable_gradient_checkpointing(self) -> None:

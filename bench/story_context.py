@@ -1,0 +1,93 @@
+"""SEED-Story's context modes on long stories: the paper's Table 2 in miniature (teardown §1).
+
+`python -m bench.story_context --mllm outputs/story_sft/toy_story/default --detokenizer outputs/detokenizer/toy/default
+   [--lengths 25 50] [--modes dense window sink multimodal_sink] [--stories 2] [--steps 25]
+   [--protocol configs/eval/toy.yaml]`
+
+For each length L a toy test split of L-beat stories (src/data/toy_long.py, kept whole) is made in a
+temporary folder; each context mode then draws it in vis mode (the ground-truth captions, src.generate_story's
+pipeline): beat 0 given, beats 1..L-1 written by the MLLM and drawn by the de-tokenizer. Per mode:
+the MLLM's seconds per beat (LLM only, the de-tokenizer's time is reported apart: it does not depend on
+the mode), the peak KV cache (tokens and MiB), the peak memory of the whole process (bench/common.py:
+CUDA allocation, or the CPU's resident set), and with --protocol the toy classifier's Char-Acc, BG-Acc
+and Frechet distance against the ground truth (eval.run with metrics fid and classifier).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from bench.common import machine, peak_memory_gib, print_table, reset_peak
+
+
+def scores(samples: Path, root: Path, protocol: str) -> dict:
+    """Char-Acc, BG-Acc, Frechet distance of a samples folder (eval.run, classifier and fid only)."""
+    from eval.run import main as eval_main
+
+    eval_main(["--samples", str(samples), "--protocol", protocol, f"dataset={root}", "metrics=[fid,classifier]"])
+    metrics = json.loads((samples / "metrics.json").read_text())["metrics"]
+    return {key: value for key, value in metrics.items() if isinstance(value, (int, float))}
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--mllm", required=True, help="a story_sft run folder or checkpoint")
+    parser.add_argument("--detokenizer", required=True, help="a detokenizer run folder or checkpoint")
+    parser.add_argument("--lengths", type=int, nargs="+", default=[25, 50])
+    parser.add_argument("--modes", nargs="+", default=["dense", "window", "sink", "multimodal_sink"])
+    parser.add_argument("--stories", type=int, default=2, help="stories per length")
+    parser.add_argument("--window-images", type=int, default=8)
+    parser.add_argument("--steps", type=int, default=None, help="de-tokenizer sample.num_inference_steps")
+    parser.add_argument("--protocol", default=None, help="an eval protocol with a trained classifier (toy.yaml)")
+    parser.add_argument("--device", default=None)
+    args = parser.parse_args(argv)
+
+    from src.data.stories import read_split
+    from src.data.toy import generate_toy_dataset
+    from src.models.story_cache import SinkSettings
+    from src.pipelines.seed_story import DecodeSettings, generate_seed_stories
+    from src.tasks.from_checkpoint import load_task_from_checkpoint
+
+    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    mllm = load_task_from_checkpoint(args.mllm)[0].to(device).eval()
+    steps = [f"sample.num_inference_steps={args.steps}"] if args.steps else []
+    detok = load_task_from_checkpoint(args.detokenizer, overrides=steps)[0].to(device).eval()
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for length in args.lengths:
+            root = generate_toy_dataset(Path(tmp) / f"toy{length}", seed=1, num_train=0, num_val=0,
+                                        num_test=args.stories, story_frames=length, chunk_frames=0, num_workers=1,
+                                        progress=False)
+            stories = read_split(root, "test")[1]
+            for mode in args.modes:
+                out = Path(tmp) / f"out{length}_{mode}"
+                reset_peak(device)
+                start = time.perf_counter()
+                generate_seed_stories(mllm, detok, stories, root, out, "vis", length, mode,
+                                      SinkSettings(window_images=args.window_images),
+                                      DecodeSettings(temperature=0.0), {"bench": "story_context"})
+                total = time.perf_counter() - start
+                peak, kind = peak_memory_gib(device)
+                info = json.loads((out / "generation.json").read_text())
+                per = info["stories"]
+                row = {"beats": length, "mode": mode, "stories": len(per),
+                       "LLM s/beat": f"{sum(s['seconds_per_beat'] for s in per) / len(per):.4f}",
+                       "draw s/frame": f"{info['draw_seconds'] / sum(s['beats'] for s in per):.4f}",
+                       "total s/beat": f"{total / sum(s['beats'] for s in per):.4f}",
+                       "peak KV tokens": max(s["peak_cache_tokens"] for s in per),
+                       "peak KV MiB": f"{max(s['peak_cache_bytes'] for s in per) / 2**20:.2f}",
+                       f"peak mem GiB ({kind})": f"{peak:.2f}"}
+                if args.protocol:
+                    row.update({k: f"{v:.3f}" for k, v in scores(out, root, args.protocol).items()})
+                rows.append(row)
+    print(f"{machine()}; mllm {args.mllm}; detokenizer {args.detokenizer}; window {args.window_images} images")
+    print_table(rows, list(dict.fromkeys(k for r in rows for k in r)))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,256 @@
+"""SEED-Story generation (SEED-Story §3.3; teardown §4): the stage-2 MLLM writes a story beat by beat,
+the de-tokenizer draws each beat's frame from the features the MLLM regressed.
+
+The context is a KV cache (src/models/story_cache.py): every token is computed once, and the
+`window` / `sink` / `multimodal_sink` modes evict old beats from the cache instead of re-filling the
+prompt each beat (the release re-fills it, and computes its sink only to discard it; teardown §1).
+
+A beat in the cache is laid out as stage 2 trained it (src/data/story_sequence.py):
+  [INST] text <img> [K input features] </img>
+A target image is made in two forwards at the same positions, as the every-beat training pass does:
+`<img>` and the K raw image tokens (the queries; forced, never sampled) -> their hidden states -> the
+output resampler -> regressed features [Q,E]; then the query block is cropped from the cache and the
+input resampler's tokens of those regressed features plus `</img>` take its place, so later beats read
+the image as context exactly as in training (the release also feeds back the regressed features, not
+a re-encoding of the drawn frame).
+
+- story mode: beat 0 is the given first frame and text; the MLLM writes each next beat's text
+  (sampled: temperature and top-p, or greedy at temperature 0) until it emits `<img>`, then its image.
+  After `</img>` the model chooses between the separator `[INST]` (then fed whole) and `</s>` (the
+  story ends); image tokens, `</img>` and `</s>` are banned inside a beat's text, and `<img>` is forced
+  after `max_text_tokens` (counted per story in generation.json).
+- vis mode: the given captions are the text (teacher-forced), the MLLM draws their frames.
+Frame 0 is in both modes the de-tokenizer's drawing of the given first frame's tokenizer features.
+
+Shapes: K image tokens, Q feature tokens, E feature width, D LLM width.
+  features [1,Q,E] -> input tokens [1,K,D]; hidden at the query block [1,K,D] -> regressed [1,Q,E]
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Optional
+
+import torch
+
+from src.models.story_cache import SinkSettings, StoryKVCache, rope_inv_freq
+
+GEN_MODES = ("story", "vis")
+
+
+@dataclass
+class DecodeSettings:
+    temperature: float = 0.7      # the values the release passes (and ignores: it decodes greedily)
+    top_p: float = 0.5
+    max_text_tokens: int = 64     # per beat; reached without <img>, <img> is forced (counted in the stats)
+    seed: int = 0
+
+
+@dataclass
+class Beat:
+    text: str
+    features: torch.Tensor                  # [Q,E] regressed (beat 0: the given frame's features)
+    token_ids: list[int] = field(default_factory=list)
+
+
+def pick_token(logits: torch.Tensor, decode: DecodeSettings, generator: Optional[torch.Generator]) -> int:
+    """logits [V] (banned ids already -inf) -> a token id: greedy at temperature 0, else temperature
+    then top-p (transformers' own warpers) then a draw from `generator`."""
+    from transformers.generation.logits_process import TemperatureLogitsWarper, TopPLogitsWarper
+
+    if decode.temperature <= 0:
+        return int(logits.argmax())
+    scores = TemperatureLogitsWarper(decode.temperature)(None, logits[None].float())
+    if decode.top_p < 1.0:
+        scores = TopPLogitsWarper(decode.top_p)(None, scores)
+    probs = torch.softmax(scores, dim=-1)
+    return int(torch.multinomial(probs[0].cpu(), 1, generator=generator))
+
+
+class StoryWriter:
+    """The MLLM side of generation: `mllm` a StoryMLLM, `special` its SpecialIds (story_sft's)."""
+
+    def __init__(self, mllm, special, context: str, sink: SinkSettings, decode: DecodeSettings):
+        self.mllm, self.special, self.decode = mllm, special, decode
+        self.context, self.sink = context, sink
+        self.llm = mllm.llm
+        self.inv_freq = rope_inv_freq(self.llm.lm)
+        self.device = mllm.input_resampler.query.device
+        self.banned = torch.tensor([special.eoi, *special.img], device=self.device)
+        self.cache: Optional[StoryKVCache] = None
+        self.last_hidden: Optional[torch.Tensor] = None
+        self.stats: dict = {}
+
+    # ---- feeding the cache ------------------------------------------------------------------------
+    def _embed(self, ids: list[int]) -> torch.Tensor:
+        return self.llm.embed_ids(torch.tensor(ids, device=self.device, dtype=torch.long))
+
+    def _feed(self, embeds: torch.Tensor, beat: int, kinds: list[str]) -> torch.Tensor:
+        """Append [L,D] embeddings to the cache; their hidden states [L,D]."""
+        positions = self.cache.position_ids(len(kinds), self.device)
+        hidden = self.llm.forward_cached(embeds[None], self.cache.cache, positions)[0]
+        self.cache.appended(beat, kinds)
+        self.last_hidden = hidden[-1]
+        return hidden
+
+    def _input_block(self, features: torch.Tensor) -> torch.Tensor:
+        """Features [Q,E] -> the K input tokens [K,D] (the input resampler)."""
+        tokens = self.mllm.input_resampler(features[None].to(self.mllm.input_resampler.query.dtype))[0]
+        return tokens.to(self.llm.lm.get_input_embeddings().weight.dtype)
+
+    def _image(self, prefix_ids: list[int], beat: int) -> torch.Tensor:
+        """prefix ids (the beat's text not yet cached) + <img> + the K forced image tokens -> regressed
+        features [Q,E]; then the query block is replaced by the features' input tokens + </img>."""
+        s, k = self.special, len(self.special.img)
+        ids = list(prefix_ids) + [s.boi, *s.img]
+        kinds = ["text"] * len(prefix_ids) + ["boi"] + ["img"] * k
+        hidden = self._feed(self._embed(ids), beat, kinds)
+        regressed = self.mllm.regress(hidden[None, -k:], torch.ones(1, k, dtype=torch.bool, device=self.device))[0]
+        self.cache.crop(k)
+        block = torch.cat([self._input_block(regressed), self._embed([s.eoi])])
+        self._feed(block, beat, ["img"] * k + ["eoi"])
+        return regressed
+
+    # ---- a story ----------------------------------------------------------------------------------
+    def start(self, caption: str, features: torch.Tensor) -> Beat:
+        """Beat 0: <s> caption <img> [the given frame's features] </img>."""
+        s = self.special
+        self.cache = StoryKVCache(self.context, self.sink, self.inv_freq)
+        text = ([s.bos] if s.bos is not None else []) + self.llm.text_ids(caption)
+        block = torch.cat([self._embed(text + [s.boi]), self._input_block(features), self._embed([s.eoi])])
+        self._feed(block, 0, ["text"] * len(text) + ["boi"] + ["img"] * len(s.img) + ["eoi"])
+        return Beat(caption, features, text)
+
+    def next_text(self, beat: int, generator) -> tuple[Optional[list[int]], str]:
+        """The beat's tokens until <img>: (ids, all cached, "" or "max_text_tokens" when <img> was forced
+        there), or (None, "</s>") when the story ends. After </img> the layout stage 2 trained on allows
+        only the separator or </s>: one choice between the two, then the whole separator is fed; the text
+        is then sampled with image tokens and </img> banned."""
+        s = self.special
+        logits = self.llm.logits_at(self.last_hidden[None])[0]
+        allowed = torch.full_like(logits, float("-inf"))
+        allowed[[s.separator[0], s.eos]] = logits[[s.separator[0], s.eos]]
+        if pick_token(allowed, self.decode, generator) == s.eos:
+            return None, "</s>"
+        ids = list(s.separator)
+        self._feed(self._embed(ids), beat, ["text"] * len(ids))
+        while len(ids) - len(s.separator) < self.decode.max_text_tokens:
+            logits = self.llm.logits_at(self.last_hidden[None])[0]
+            logits[self.banned] = float("-inf")  # the release sets them to 0.0 (teardown §1); never sampled here
+            logits[s.eos] = float("-inf")        # a beat's text ends with <img>; </s> only follows </img>
+            token = pick_token(logits, self.decode, generator)
+            if token == s.boi:
+                return ids, ""
+            ids.append(token)
+            self._feed(self._embed([token]), beat, ["text"])
+        return ids, "max_text_tokens"
+
+    @torch.no_grad()
+    def write(self, caption: str, features: torch.Tensor, beats: int,
+              captions: Optional[list[str]] = None) -> tuple[list[Beat], dict]:
+        """Up to `beats` beats (beat 0 given). `captions` given: vis mode (captions[1:] teacher-forced).
+        Returns the beats and stats (stop reason, seconds per beat, peak cached tokens and bytes)."""
+        generator = torch.Generator().manual_seed(self.decode.seed)
+        start = time.perf_counter()
+        out = [self.start(caption, features)]
+        peak_bytes, stop, evicted, forced = self.cache.kv_bytes(), "beats", [], 0
+        for beat in range(1, beats):
+            evicted += self.cache.evict_if_full()
+            if captions is not None:
+                prefix = list(self.special.separator) + self.llm.text_ids(captions[beat])
+                regressed = self._image(prefix, beat)
+                out.append(Beat(captions[beat], regressed, prefix))
+            else:
+                ids, why = self.next_text(beat, generator)
+                if ids is None:
+                    stop = why
+                    break
+                forced += why == "max_text_tokens"
+                regressed = self._image([], beat)
+                out.append(Beat(self.text_of(ids), regressed, ids))
+            peak_bytes = max(peak_bytes, self.cache.kv_bytes())
+        seconds = time.perf_counter() - start
+        stats = {"beats": len(out), "stop": stop, "llm_seconds": round(seconds, 4),
+                 "seconds_per_beat": round(seconds / max(len(out) - 1, 1), 5),
+                 "peak_cache_tokens": self.cache.peak_tokens, "peak_cache_bytes": peak_bytes,
+                 "final_cache_tokens": len(self.cache), "evicted_beats": evicted,
+                 "img_forced_at_max_text_tokens": forced}
+        return out, stats
+
+    def text_of(self, ids: list[int]) -> str:
+        """A generated beat's text without its leading separator."""
+        sep = list(self.special.separator)
+        if ids[:len(sep)] == sep:
+            ids = ids[len(sep):]
+        return self.llm.tokenizer.decode(ids, skip_special_tokens=True).strip()
+
+
+# ---- drawing ----------------------------------------------------------------------------------------
+
+@torch.no_grad()
+def draw_features(detok_task, features: list[torch.Tensor], generators: list[torch.Generator]) -> list:
+    """Feature maps [Q,E] -> PIL frames through the de-tokenizer task's pipeline (CFG against the empty
+    image's features, the task's sample settings)."""
+    s, size = detok_task.cfg.sample, detok_task.cfg.data.image_size
+    pipe = detok_task.pipeline()
+    device = detok_task.vae.device
+    neg_states, neg_pooled = detok_task.detokenizer.encode(detok_task.visual_tokenizer.empty_features(1).to(device))
+    images = []
+    for start in range(0, len(features), s.batch_size):
+        chunk = torch.stack(features[start:start + s.batch_size]).to(device)
+        states, pooled = detok_task.detokenizer.encode(chunk)
+        n = chunk.shape[0]
+        images += pipe(prompt_embeds=states, pooled_prompt_embeds=pooled,
+                       negative_prompt_embeds=neg_states.expand(n, -1, -1),
+                       negative_pooled_prompt_embeds=neg_pooled.expand(n, -1), height=size, width=size,
+                       num_inference_steps=s.num_inference_steps, guidance_scale=s.guidance_scale,
+                       generator=generators[start:start + n], output_type="pil").images
+    return images
+
+
+@torch.no_grad()
+def generate_seed_stories(mllm_task, detok_task, stories, root, out_dir, mode: str, beats: int, context: str,
+                          sink: SinkSettings, decode: DecodeSettings, meta: Optional[dict] = None):
+    """Write `stories` (their first frame and text; vis mode: all their captions, up to `beats`) with
+    the story_sft task's MLLM and draw them with the detokenizer task, into the generated-story layout.
+    generation.json records `meta` (the checkpoints), the settings and each story's stats."""
+    from pathlib import Path
+
+    from src.data.stories import Story, resolve
+    from src.data.transforms import load_frame
+    from src.pipelines.story_sampler import frame_generator, write_stories
+
+    if mode not in GEN_MODES:
+        raise ValueError(f"generation mode '{mode}' is not one of {', '.join(GEN_MODES)}")
+    if beats < 1:
+        raise ValueError(f"--beats must be at least 1, got {beats}")
+    writer = StoryWriter(mllm_task.mllm, mllm_task.special, context, sink, decode)
+    tokenizer = mllm_task.visual_tokenizer
+    images, written, per_story = {}, [], []
+    draw_seconds = 0.0
+    for i, story in enumerate(stories):
+        frame = load_frame(resolve(root, story.images[0]), tokenizer.image_size)
+        features = tokenizer(frame[None].to(writer.device))[0]
+        count = min(beats, story.num_frames) if mode == "vis" else beats
+        result, stats = writer.write(story.captions[0], features, count,
+                                     story.captions[:count] if mode == "vis" else None)
+        start = time.perf_counter()
+        frames = draw_features(detok_task, [b.features for b in result],
+                               [frame_generator(decode.seed, i, k, detok_task.vae.device) for k in range(len(result))])
+        draw_seconds += time.perf_counter() - start
+        images.update({(i, k): image for k, image in enumerate(frames)})
+        n = len(result)
+        same = mode == "vis"  # vis mode keeps the source's per-frame labels; story mode's text is new
+        written.append(Story(id=story.id, images=[""] * n, captions=[b.text for b in result],
+                             characters=story.characters[:n] if same and story.characters else None,
+                             backgrounds=story.backgrounds[:n] if same and story.backgrounds else None))
+        per_story.append({"id": story.id, **stats})
+    s = detok_task.cfg.sample
+    info = {"num_stories": len(written), "caption_field": "captions", "task": "seed_story", "mode": mode,
+            "beats": beats, "context": context, "sink": vars(sink), "decode": vars(decode),
+            "seed": decode.seed, "scheduler": s.scheduler, "num_inference_steps": s.num_inference_steps,
+            "guidance_scale": s.guidance_scale, "image_size": detok_task.cfg.data.image_size,
+            "first_frame": "the given first frame's tokenizer features, drawn by the de-tokenizer",
+            "captions": "given (vis mode)" if mode == "vis" else "beat 0 given, the rest generated",
+            "draw_seconds": round(draw_seconds, 3), "stories": per_story, **(meta or {})}
+    return write_stories(images, written, Path(out_dir), "captions", info)

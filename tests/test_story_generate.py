@@ -1,0 +1,273 @@
+"""SEED-Story generation (src/generate_story.py, src/pipelines/seed_story.py, src/models/story_cache.py):
+the KV-cache policies (what each mode keeps, re-rotated positions, logits against a dense forward over
+the kept tokens), decoding (greedy, temperature, top-p), image-token forcing, and the entry end to end on
+a tiny story_sft run and a tiny detokenizer run."""
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+
+from src.models.story_cache import SinkSettings, StoryKVCache, rope_inv_freq, rotate_keys
+from src.pipelines.seed_story import DecodeSettings, pick_token
+
+K = 16
+
+
+def tiny_llama(layers: int):
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    config = LlamaConfig(vocab_size=50, hidden_size=32, intermediate_size=64, num_hidden_layers=layers,
+                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512)
+    return LlamaForCausalLM(config).eval()
+
+
+def beat_kinds(beat: int) -> list[str]:
+    """A beat as generation caches it: (bos +) text, <img>, K image tokens, </img>."""
+    return ["text"] * (6 if beat == 0 else 5) + ["boi"] + ["img"] * K + ["eoi"]
+
+
+def filled(model, mode: str, beats: int, window: int = 2):
+    """A StoryKVCache fed `beats` beats of random embeddings; also every embedding fed, in order."""
+    cache = StoryKVCache(mode, SinkSettings(window_images=window), rope_inv_freq(model))
+    fed = []
+    for beat in range(beats):
+        cache.evict_if_full()
+        kinds = beat_kinds(beat)
+        embeds = torch.randn(1, len(kinds), 32)
+        with torch.no_grad():
+            model(inputs_embeds=embeds, past_key_values=cache.cache, position_ids=cache.position_ids(len(kinds), "cpu"),
+                  use_cache=True)
+        cache.appended(beat, kinds)
+        fed.append(embeds[0])
+    return cache, torch.cat(fed)
+
+
+def expected_kept(mode: str, beats: int, window: int = 2) -> list[int]:
+    """Stream indices each mode keeps after `beats` beats, from the release's ranges (teardown §1)."""
+    starts, index = [], 0
+    for beat in range(beats):
+        starts.append(index)
+        index += len(beat_kinds(beat))
+    evicted = max(0, beats - 1 - window) if mode != "dense" else 0  # evictions happen before each new beat
+    kept = list(range(starts[evicted], index))
+    for beat in range(evicted):
+        first, boi = starts[beat], starts[beat] + len(beat_kinds(beat)) - K - 2
+        eoi = boi + K + 1
+        for i in range(first, first + len(beat_kinds(beat))):
+            if mode in ("sink", "multimodal_sink") and i < 4:
+                kept.append(i)
+            elif mode == "multimodal_sink" and (boi - 4 <= i < boi + 8 or eoi - 8 <= i < eoi + 4):
+                kept.append(i)
+    return sorted(kept)
+
+
+@pytest.mark.parametrize("mode", ["dense", "window", "sink", "multimodal_sink"])
+def test_each_mode_keeps_exactly_the_tokens_it_lists(mode):
+    model = tiny_llama(2)
+    cache, _ = filled(model, mode, beats=6)
+    assert [s.index for s in cache.slots] == expected_kept(mode, 6)
+    assert cache.cache.get_seq_length() == len(cache.slots)
+    if mode == "multimodal_sink":  # per evicted beat: 4 text, <img>, 7 + 8 image tokens, </img> (K=16)
+        per_beat = [sum(1 for s in cache.slots if s.beat == b) for b in cache.evicted]
+        assert cache.evicted == [0, 1, 2] and per_beat[1:] == [4 + 1 + 7 + 8 + 1] * 2
+        assert per_beat[0] == 6 + 1 + 7 + 8 + 1  # beat 0's text is 6 tokens, all within [0,4) or [BOI-4, BOI)
+        assert [s.kind for s in cache.slots if s.beat == 1] == ["text"] * 4 + ["boi"] + ["img"] * 15 + ["eoi"]
+    if mode == "sink":
+        assert [s.index for s in cache.slots if s.beat in cache.evicted] == [0, 1, 2, 3]
+
+
+def test_kept_keys_are_the_original_keys_re_rotated_to_their_new_positions():
+    model = tiny_llama(2)
+    torch.manual_seed(1)
+    cache, embeds = filled(model, "multimodal_sink", beats=6)
+    with torch.no_grad():  # the dense pass over the whole stream: every token's key at its stream position
+        full = model(inputs_embeds=embeds[None], use_cache=True).past_key_values
+    rows = torch.tensor([s.index for s in cache.slots])
+    # Layer 0's keys and values depend on the token and its position alone (deeper layers' also on the
+    # context they were computed in, which eviction changes), so they can be compared exactly.
+    dense, kept = full.layers[0], cache.cache.layers[0]
+    moved = rotate_keys(dense.keys[:, :, rows], torch.arange(len(rows)) - rows, cache.inv_freq)
+    torch.testing.assert_close(kept.keys, moved, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(kept.values, dense.values[:, :, rows])
+    assert not torch.allclose(kept.keys, dense.keys[:, :, rows], atol=1e-3)  # they did move
+
+
+@pytest.mark.parametrize("mode", ["window", "sink", "multimodal_sink"])
+def test_sink_logits_match_a_dense_forward_over_the_kept_tokens_at_their_positions(mode):
+    """One layer: a cached token's key and value depend on it and its position only, so the next token's
+    logits through the evicted, re-rotated cache must equal a plain forward over the kept tokens."""
+    model = tiny_llama(1)
+    torch.manual_seed(2)
+    cache, embeds = filled(model, mode, beats=6)
+    new = torch.randn(1, 3, 32)
+    positions = cache.position_ids(3, "cpu")
+    assert positions[0, 0] == len(cache.slots) < cache.next_index  # positions stay within the cache
+    with torch.no_grad():
+        cached = model(inputs_embeds=new, past_key_values=cache.cache, position_ids=positions, use_cache=True).logits
+        kept = embeds[[s.index for s in cache.slots]]
+        dense = model(inputs_embeds=torch.cat([kept[None], new], 1)).logits[:, -3:]
+    torch.testing.assert_close(cached, dense, rtol=1e-4, atol=1e-5)
+
+
+def test_dense_cache_equals_one_forward_over_the_whole_stream():
+    model = tiny_llama(2)
+    cache, embeds = filled(model, "dense", beats=4)
+    new = torch.randn(1, 2, 32)
+    with torch.no_grad():
+        cached = model(inputs_embeds=new, past_key_values=cache.cache, position_ids=cache.position_ids(2, "cpu"),
+                       use_cache=True).logits
+        dense = model(inputs_embeds=torch.cat([embeds[None], new], 1)).logits[:, -2:]
+    torch.testing.assert_close(cached, dense, rtol=1e-4, atol=1e-5)
+
+
+def test_greedy_is_the_argmax_and_sampling_honours_seed_temperature_and_top_p():
+    torch.manual_seed(0)
+    logits = torch.randn(40)
+    greedy = DecodeSettings(temperature=0.0)
+    assert pick_token(logits, greedy, None) == int(logits.argmax())
+    hot = DecodeSettings(temperature=5.0, top_p=1.0)
+    draws = [pick_token(logits, hot, torch.Generator().manual_seed(3)) for _ in range(3)]
+    assert len(set(draws)) == 1  # same seed, same draw
+    g = torch.Generator().manual_seed(4)
+    assert len({pick_token(logits, hot, g) for _ in range(50)}) > 5  # a hot temperature spreads the draws
+    narrow = DecodeSettings(temperature=5.0, top_p=1e-6)  # top-p keeps the best token only
+    g.manual_seed(5)
+    assert {pick_token(logits, narrow, g) for _ in range(20)} == {int(logits.argmax())}
+    cold = DecodeSettings(temperature=1e-3, top_p=1.0)
+    assert {pick_token(logits, cold, g) for _ in range(20)} == {int(logits.argmax())}
+
+
+# ---- the tiny trained runs and the entry -------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory, tiny_root, toy_root):
+    """A story_sft run (a few steps on long toy stories) and a detokenizer run (a few steps)."""
+    from src.data.toy import generate_toy_dataset
+    from src.tools.tiny_llm import ensure_tiny_llm
+    from src.tools.tiny_seed import ensure_tiny_seed
+    from src.train import main
+
+    ensure_tiny_seed(tiny_root, toy_root, vit_steps=30)
+    ensure_tiny_llm(tiny_root / "Llama-2-7b-hf", toy_root, "llama", steps=150)
+    tmp = tmp_path_factory.mktemp("gen")
+    story_root = generate_toy_dataset(tmp / "toy_story", seed=0, num_train=4, num_val=1, num_test=2,
+                                      story_frames=30, chunk_frames=10, num_workers=1, progress=False)
+    common = [f"tiny_stack={tiny_root}", f"model.tokenizer_path={tiny_root}/qwen_vit.safetensors",
+              f"output_root={tmp}/outputs", "logging.tensorboard=false", "train.max_minutes=0", "data.num_workers=0",
+              "run_name=gen", "train.log_every=5"]
+    assert main(["--config", "configs/story/sft_toy.yaml", *common, f"data.root={story_root}",
+                 f"model.llm={tiny_root}/Llama-2-7b-hf", "train.max_steps=30", "optim.warmup_steps=3",
+                 "train.checkpoint_every=30", "train.validate_every=0", "train.batch_size=4"]) == 0
+    assert main(["--config", "configs/story/detokenizer_toy.yaml", *common, f"data.root={toy_root}",
+                 f"model.pretrained={tiny_root}/sdxl", "train.max_steps=2", "train.batch_size=4",
+                 "train.checkpoint_every=2", "train.sample_every=0", "model.cache_frozen=false",
+                 "sample.num_inference_steps=2", "sample.batch_size=16"]) == 0
+    return {"mllm": tmp / "outputs/story_sft/toy_story/gen", "detok": tmp / "outputs/detokenizer/toy/gen",
+            "data": story_root}
+
+
+@pytest.fixture(scope="module")
+def mllm_task(runs):
+    from src.tasks.from_checkpoint import load_task_from_checkpoint
+
+    return load_task_from_checkpoint(runs["mllm"])[0].eval()
+
+
+def test_image_tokens_are_forced_after_img(mllm_task, monkeypatch):
+    """Even a model that would rather emit image tokens or </img> as text never does: outside an image
+    they are banned; after <img> exactly the K image tokens and </img> follow, as one forced block; after
+    </img> the whole separator."""
+    from src.pipelines.seed_story import StoryWriter
+
+    s = mllm_task.special
+    writer = StoryWriter(mllm_task.mllm, s, "dense", SinkSettings(), DecodeSettings(temperature=0.0))
+    features = mllm_task.visual_tokenizer.empty_features(1)[0]
+    real = writer.llm.logits_at
+
+    def prefer_image_tokens(hidden):
+        logits = real(hidden)
+        logits[:, list(s.img) + [s.eoi]] = 1e4   # what the model "wants"
+        logits[:, s.boi] = 1e3                    # the best allowed token
+        logits[:, s.separator[0]] = 5e2           # after </img>: go on (rather than </s>)
+        return logits
+    monkeypatch.setattr(writer.llm, "logits_at", prefer_image_tokens)
+    beats, stats = writer.write("Ada was on the beach.", features, 3)
+    assert stats["beats"] == 3 and [b.token_ids for b in beats[1:]] == [list(s.separator)] * 2
+    kinds = [slot.kind for slot in writer.cache.slots if slot.beat == 2]
+    assert kinds == ["text"] * len(s.separator) + ["boi"] + ["img"] * len(s.img) + ["eoi"]
+    assert beats[2].features.shape == features.shape
+
+
+def test_greedy_story_is_deterministic_and_a_seeded_sample_reproducible(mllm_task):
+    from src.pipelines.seed_story import StoryWriter
+
+    features = mllm_task.visual_tokenizer.empty_features(1)[0]
+
+    def texts(decode):
+        writer = StoryWriter(mllm_task.mllm, mllm_task.special, "multimodal_sink", SinkSettings(window_images=1), decode)
+        beats, _ = writer.write("Ada and Bob were on the beach.", features, 4)
+        return [b.token_ids for b in beats]
+    assert texts(DecodeSettings(temperature=0.0, max_text_tokens=12)) == texts(DecodeSettings(temperature=0.0, max_text_tokens=12))
+    sampled = DecodeSettings(temperature=1.5, top_p=0.95, max_text_tokens=12, seed=7)
+    assert texts(sampled) == texts(sampled)
+
+
+@pytest.mark.parametrize("mode,context", [("story", "multimodal_sink"), ("vis", "window")])
+def test_the_entry_writes_the_generated_story_layout(runs, tmp_path, mode, context):
+    from src.data.stories import read_split, read_stories
+    from src.generate_story import main
+
+    out = tmp_path / "samples"
+    assert main(["--mllm", str(runs["mllm"]), "--detokenizer", str(runs["detok"]), "--split", "test",
+                 "--out", str(out), "--mode", mode, "--context", context, "--beats", "4", "--num-stories", "1",
+                 "--window-images", "1", "--max-text-tokens", "40", "--temperature", "0"]) == 0
+    info = json.loads((out / "generation.json").read_text())
+    assert info["mllm_checkpoint"].endswith("step_000030/trainable.safetensors")
+    assert info["detokenizer_checkpoint"].endswith("step_000002/trainable.safetensors")
+    assert info["mode"] == mode and info["context"] == context
+    stories = read_stories(out / "stories.jsonl")
+    source = read_split(runs["data"], "test")[1][0]
+    story = stories[0]
+    assert story.id == source.id and story.captions[0] == source.captions[0]
+    assert 1 <= story.num_frames <= 4 and all((out / p).is_file() for p in story.images)
+    stats = info["stories"][0]
+    if mode == "vis":
+        assert story.captions == source.captions[:4] and stats["evicted_beats"] == [0, 1]
+    else:
+        assert stats["beats"] == story.num_frames and stats["stop"] in ("beats", "</s>")
+        assert story.num_frames >= 2 and all(text.strip() for text in story.captions[1:]), story.captions
+
+
+def test_a_missing_run_folder_is_a_one_line_error(runs, tmp_path, capsys):
+    from src.errors import run_entry
+    from src.generate_story import main
+
+    missing = tmp_path / "no_such_run"
+    assert run_entry(main, ["--mllm", str(missing), "--detokenizer", str(runs["detok"]), "--out", str(tmp_path / "o")]) == 2
+    errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and str(missing) in errors[0] and "config.yaml" in errors[0], errors
+    assert run_entry(main, ["--mllm", str(runs["detok"]), "--detokenizer", str(runs["detok"]), "--out", str(tmp_path / "o")]) == 2
+    errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "key 'task' is 'detokenizer'" in errors[0], errors
+
+
+def test_a_story_with_mismatched_images_and_captions_is_a_one_line_error(runs, tmp_path, capsys):
+    from src.errors import run_entry
+    from src.generate_story import main
+
+    broken = tmp_path / "broken"
+    shutil.copytree(runs["data"], broken)
+    lines = (broken / "test.jsonl").read_text().splitlines()
+    story = json.loads(lines[1])
+    story["captions"] = story["captions"][:7]
+    lines[1] = json.dumps(story)
+    (broken / "test.jsonl").write_text("\n".join(lines) + "\n")
+    assert run_entry(main, ["--mllm", str(runs["mllm"]), "--detokenizer", str(runs["detok"]), "--data-root", str(broken),
+                            "--out", str(tmp_path / "o")]) == 2
+    errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and f"{broken}/test.jsonl:2: field 'captions'" in errors[0], errors
