@@ -30,6 +30,7 @@ from src.data.datasets import StoryDataset
 from src.data.stories import StoryFormatError
 from src.data.story_sequence import SUPERVISION, SpecialIds, fit_sequence, pad_batch
 from src.models.llm_with_image_tokens import EMBEDDINGS, LLMWithImageTokens
+from src.models.pretrained import is_config_only
 from src.models.story_mllm import REGRESSION_LOSSES, StoryMLLM, regression_loss, seed_token_names
 from src.models.visual_tokenizer import build_visual_tokenizer
 from src.tasks.align import LoraSettings
@@ -102,7 +103,7 @@ class StorySFTTask(Task):
         self.special = SpecialIds(bos=tok.bos_token_id, eos=tok.eos_token_id, boi=self.mllm.boi_id,
                                   eoi=self.mllm.eoi_id, img=self.mllm.image_ids, separator=tuple(llm.text_ids(m.separator)))
         self.samples_cut_total = 0
-        if m.init_weights:
+        if m.init_weights and not is_config_only():  # the shape check reads no weights
             self.load_init_weights(m.init_weights)
 
     def load_init_weights(self, path: str) -> None:
