@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from src.models.loading import load_strict, read_weights_file
+from src.models.loading import load_strict, read_weights_file, read_weights_metadata
 from src.models.pretrained import is_config_only
 from src.models.resamplers import QwenAttnPool, resize_positions
 
@@ -148,13 +148,5 @@ def _visual_config_only(path: Path) -> dict:
         if "visual" not in config:
             raise KeyError(f"{config_file}: no `visual` section; is this a Qwen-VL checkpoint?")
         return config["visual"]
-    from safetensors import safe_open
-
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: not found; extract it with python -m src.tools.reload_qwen_vit, or "
-                                f"point the shape check at a Qwen-VL-Chat folder (its config.json)")
-    with safe_open(str(path), framework="pt") as handle:
-        metadata = handle.metadata() or {}
-    if CONFIG_METADATA_KEY not in metadata:
-        raise KeyError(f"{path}: no `{CONFIG_METADATA_KEY}` metadata; extract it with python -m src.tools.reload_qwen_vit")
-    return json.loads(metadata[CONFIG_METADATA_KEY])
+    return read_weights_metadata(path, CONFIG_METADATA_KEY, "extract it with python -m src.tools.reload_qwen_vit, "
+                                 "or point the shape check at a Qwen-VL-Chat folder (its config.json)")
