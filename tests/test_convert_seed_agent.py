@@ -21,20 +21,10 @@ from src.tools.convert_seed_agent import main
 RECIPE = "configs/story/sft_toy.yaml"
 
 
-@pytest.fixture(scope="module")
-def stack(tiny_root, toy_root) -> Path:
-    from src.tools.tiny_llm import ensure_tiny_llm
-    from src.tools.tiny_seed import ensure_tiny_seed
-
-    ensure_tiny_seed(tiny_root, toy_root, vit_steps=30)
-    ensure_tiny_llm(tiny_root / "Llama-2-7b-hf", toy_root, "llama", steps=150)  # as tests/test_story_sft.py
-    return tiny_root
-
-
 @pytest.fixture
-def overrides(stack) -> list[str]:
-    return [f"tiny_stack={stack}", f"model.llm={stack}/Llama-2-7b-hf",
-            f"model.tokenizer_path={stack}/qwen_vit.safetensors"]
+def overrides(seed_stack) -> list[str]:
+    return [f"tiny_stack={seed_stack}", f"model.llm={seed_stack}/Llama-2-7b-hf",
+            f"model.tokenizer_path={seed_stack}/qwen_vit.safetensors"]
 
 
 def build(overrides, extra=()):

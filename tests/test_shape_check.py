@@ -179,16 +179,6 @@ def test_story_sft_recipe_llama_2_7b_lora_and_resamplers_at_real_size(capsys):
     assert report["trainable_without_grad"] == []
 
 
-@pytest.fixture(scope="module")
-def seed_stack(tiny_root, toy_root):
-    from src.tools.tiny_llm import ensure_tiny_llm
-    from src.tools.tiny_seed import ensure_tiny_seed
-
-    ensure_tiny_seed(tiny_root, toy_root, vit_steps=30)
-    ensure_tiny_llm(tiny_root / "Llama-2-7b-hf", toy_root, "llama", steps=150)  # as tests/test_story_sft.py
-    return tiny_root
-
-
 def _same_kinds(fake: dict, real: dict, batch: int) -> None:
     import torch
 

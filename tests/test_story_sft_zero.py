@@ -27,22 +27,12 @@ def story_root(tmp_path_factory) -> Path:
                                 num_test=1, story_frames=10, chunk_frames=10, num_workers=1, progress=False)
 
 
-@pytest.fixture(scope="module")
-def stack(tiny_root, toy_root) -> Path:
-    from src.tools.tiny_llm import ensure_tiny_llm
-    from src.tools.tiny_seed import ensure_tiny_seed
-
-    ensure_tiny_seed(tiny_root, toy_root, vit_steps=30)
-    ensure_tiny_llm(tiny_root / "Llama-2-7b-hf", toy_root, "llama", steps=150)  # as tests/test_story_sft.py
-    return tiny_root
-
-
-def test_zero2_run_consolidates_exactly_the_trainable_weights(story_root, stack, tmp_path, monkeypatch):
+def test_zero2_run_consolidates_exactly_the_trainable_weights(story_root, seed_stack, tmp_path, monkeypatch):
     from src.config import load_config
     from src.tasks import build_task
 
-    overrides = [f"data.root={story_root}", f"tiny_stack={stack}", f"model.llm={stack}/Llama-2-7b-hf",
-                 f"model.tokenizer_path={stack}/qwen_vit.safetensors", f"output_root={tmp_path}/outputs",
+    overrides = [f"data.root={story_root}", f"tiny_stack={seed_stack}", f"model.llm={seed_stack}/Llama-2-7b-hf",
+                 f"model.tokenizer_path={seed_stack}/qwen_vit.safetensors", f"output_root={tmp_path}/outputs",
                  "logging.tensorboard=false", "train.log_every=1", "train.validate_every=0", "train.max_minutes=0",
                  "data.num_workers=0", "train.batch_size=1", "train.max_steps=3", "train.checkpoint_every=3",
                  "optim.warmup_steps=0", "run_name=zero2"]
