@@ -29,6 +29,18 @@ def tiny_root(tmp_path_factory, toy_root) -> Path:
     return build_tiny_stack(tmp_path_factory.mktemp("pretrained") / "tiny", toy_root, vae_steps=60)
 
 
+@pytest.fixture(scope="session")
+def seed_stack(tiny_root, toy_root) -> Path:
+    """The tiny stack with SEED-Story's pieces: the SDXL-layout UNet, the tiny Qwen-ViT (briefly trained)
+    and the tiny Llama (as tests/test_story_sft.py builds them)."""
+    from src.tools.tiny_llm import ensure_tiny_llm
+    from src.tools.tiny_seed import ensure_tiny_seed
+
+    ensure_tiny_seed(tiny_root, toy_root, vit_steps=30)
+    ensure_tiny_llm(tiny_root / "Llama-2-7b-hf", toy_root, "llama", steps=150)
+    return tiny_root
+
+
 @pytest.fixture
 def char_ldm_overrides(toy_root, tiny_root, tmp_path) -> list[str]:
     """Overrides that point the toy recipe (Char-LDM) at the session's small dataset and tiny stack."""

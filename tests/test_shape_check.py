@@ -132,3 +132,93 @@ def test_example_batch_is_a_real_batch_of_the_task(char_ldm_overrides, character
     assert fake["pixel_values"].shape == real["pixel_values"].shape
     torch.manual_seed(0)
     assert torch.isfinite(task.training_step(fake)["loss"])
+
+
+# ---- SEED-Story: the de-tokenizer (stage 1) and the MLLM (stage 2) at real size ------------------------------
+SDXL, QWEN, LLAMA = ASSETS / "stable-diffusion-xl-base-1.0", ASSETS / "Qwen-VL-Chat", ASSETS / "Llama-2-7b-hf"
+SDXL_UNET, LLAMA_2_7B, QWEN_VIT_G = 2_567_463_684, 6_738_415_616, 1_935_610_624  # published counts
+D, LAYERS, MLP, VOCAB = 4096, 32, 11008, 32000  # Llama-2-7b
+
+
+def test_detokenizer_recipe_sdxl_unet_and_qwen_vit_at_real_size(capsys):
+    report = _json(capsys, ["--config", "configs/story/detokenizer_george.yaml", f"model.pretrained={SDXL}",
+                            f"model.tokenizer_path={QWEN}", "train.batch_size=2"])
+    models = report["models"]
+    assert models["visual_tokenizer"] == {"class": "VisualTokenizer", "params": QWEN_VIT_G, "trainable": 0}
+    assert models["vae"] == {"class": "AutoencoderKL", "params": SD_VAE, "trainable": 0}  # SDXL's VAE: SD's layout
+    # ResamplerXLV2 at the released sizes: proj_in 4096->1024, 64 latents, 4 perceiver layers (attention with
+    # two LayerNorms, q / kv / out; FF x4 with its LayerNorm), norm_out, the 768 and 1280 projections and the
+    # attention pool over 64+1 positions.
+    layer = 2 * 2048 + 1024 * 1024 + 1024 * 2048 + 1024 * 1024 + 2048 + 2 * 1024 * 4096
+    pool = 65 * 1024 + 3 * (1024 * 1024 + 1024) + 1024 * 1280 + 1280
+    resampler = (4096 * 1024 + 1024) + 64 * 1024 + 4 * layer + 2048 + (1024 * 768 + 768) + (1024 * 1280 + 1280) + pool
+    assert resampler == 61_245_696
+    assert models["detokenizer"] == {"class": "Detokenizer", "params": SDXL_UNET + resampler,
+                                     "trainable": SDXL_UNET + resampler}  # train_unet: full
+    assert report["conditioning"] == [[2, 64, 2048], [2, 1280]]  # encoder_hidden_states, pooled text_embeds
+    assert report["trainable_without_grad"] == []
+
+
+def test_story_sft_recipe_llama_2_7b_lora_and_resamplers_at_real_size(capsys):
+    report = _json(capsys, ["--config", "configs/story/sft_george.yaml", f"model.llm={LLAMA}",
+                            f"model.tokenizer_path={QWEN}", "train.batch_size=2", "model.context_beats=all"])
+    models = report["models"]
+    assert models["visual_tokenizer"] == {"class": "VisualTokenizer", "params": QWEN_VIT_G, "trainable": 0}
+    lora = LAYERS * 16 * (4 * (D + D) + 2 * (D + MLP) + (MLP + D))  # r 16 on q,k,v,o,gate,up,down
+    norms = (2 * LAYERS + 1) * D  # modules_to_save: trained copies of every RMSNorm
+    rows = 2 * 66 * D  # <img>, </img>, 64 <img_xxxxx>: input and output rows
+    attn = 4 * D * D + 4 * D  # nn.MultiheadAttention at width 4096
+    resamplers = (64 * D + attn + 4 * D) + (256 * D + attn + 4 * D)  # queries, attention, ln_q / ln_kv
+    embeddings = 2 * VOCAB * D  # embed_tokens and lm_head, trained whole (as released)
+    trainable = lora + norms + rows + resamplers + embeddings
+    frozen_positions = (64 + 256) * D  # the resamplers' fixed sin-cos tables
+    assert models["mllm"] == {"class": "StoryMLLM", "trainable": trainable,
+                              "params": LLAMA_2_7B + lora + norms + rows + resamplers + frozen_positions}
+    assert report["conditioning"] == [2 * 9, 256, D]  # 9 target images per 10-beat story, ViT feature space
+    assert set(report["losses"]) >= {"loss", "ce", "cosine"}
+    assert report["trainable_without_grad"] == []
+
+
+def _same_kinds(fake: dict, real: dict, batch: int) -> None:
+    import torch
+
+    assert set(fake) <= set(real)
+    for key, value in fake.items():
+        if isinstance(value, torch.Tensor):
+            assert (value.dtype, value.ndim) == (real[key].dtype, real[key].ndim), key
+        else:
+            assert type(value) is type(real[key]) and len(value) == batch, key
+
+
+def test_seed_story_example_batches_are_real_batches_of_their_tasks(seed_stack, toy_root, tmp_path):
+    """Keys, dtypes and ranks of the real collated batches; the real tiny steps accept them; the story_sft
+    example fills model.max_length with every beat."""
+    import torch
+
+    from src.config import load_config
+    from src.data.toy import generate_toy_dataset
+    from src.tasks import build_task
+
+    story_root = generate_toy_dataset(tmp_path / "toy_story", seed=0, num_train=2, num_val=1, num_test=1,
+                                      story_frames=10, chunk_frames=10, num_workers=1, progress=False)
+    common = [f"tiny_stack={seed_stack}", f"model.tokenizer_path={seed_stack}/qwen_vit.safetensors",
+              "data.num_workers=0"]
+    sft = build_task(load_config("configs/story/sft_toy.yaml", common + [
+        f"data.root={story_root}", f"model.llm={seed_stack}/Llama-2-7b-hf", "model.context_beats=all"]))
+    data = sft.train_dataset()
+    fake = sft.example_batch(2, "cpu")
+    _same_kinds(fake, sft.collate([data[0], data[1]]), 2)
+    assert fake["pixel_values"].shape == (2 * 10, 3, sft.visual_tokenizer.image_size, sft.visual_tokenizer.image_size)
+    seqs, cut = sft.sequences(fake, [9, 9], "every")
+    assert cut == 0 and sft.cfg.model.max_length - 10 < len(seqs[0]) <= sft.cfg.model.max_length
+    torch.manual_seed(0)
+    assert torch.isfinite(sft.training_step(fake)["loss"])
+
+    detok = build_task(load_config("configs/story/detokenizer_toy.yaml", common + [
+        f"data.root={toy_root}", f"model.pretrained={seed_stack}/sdxl",
+        "model.cache_frozen=false"]))
+    data = detok.train_dataset()
+    real, fake = detok.collate([data[0], data[1]]), detok.example_batch(2, "cpu")
+    _same_kinds(fake, real, 2)
+    assert fake["pixel_values"].shape == real["pixel_values"].shape and fake["time_ids"].shape == real["time_ids"].shape
+    assert torch.isfinite(detok.training_step(fake)["loss"])

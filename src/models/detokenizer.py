@@ -18,7 +18,8 @@ import torch
 from diffusers import UNet2DConditionModel
 from torch import nn
 
-from src.models.loading import load_strict, read_weights_file
+from src.models.loading import load_strict, read_weights_file, read_weights_metadata
+from src.models.pretrained import is_config_only
 from src.models.resamplers import ResamplerXL
 
 TRAINABLE_UNET = ("full", "to_kv", "none")
@@ -94,9 +95,12 @@ class Detokenizer(nn.Module):
 
 
 def load_detokenizer(unet: UNet2DConditionModel, path: str | Path) -> Detokenizer:
-    """A Detokenizer around `unet` with the weights (UNet and resampler) of a converted file, strictly."""
-    state, resampler_config = read_weights_file(path, RESAMPLER_METADATA_KEY,
-                                                "convert one with python -m src.tools.convert_seed_detokenizer")
+    """A Detokenizer around `unet` with the weights (UNet and resampler) of a converted file, strictly.
+    In config-only mode (the shape check) only the file's resampler config is read; no weight is loaded."""
+    hint = "convert one with python -m src.tools.convert_seed_detokenizer"
+    if is_config_only():
+        return Detokenizer(unet, ResamplerXL(**read_weights_metadata(path, RESAMPLER_METADATA_KEY, hint)))
+    state, resampler_config = read_weights_file(path, RESAMPLER_METADATA_KEY, hint)
     model = Detokenizer(unet, ResamplerXL(**resampler_config))
     load_strict(model, state, str(path))
     return model

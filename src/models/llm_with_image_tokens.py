@@ -28,6 +28,8 @@ from typing import Optional, Sequence, Union
 import torch
 from torch import nn
 
+from src.models.pretrained import ShapeOnlyLLMTokenizer, is_config_only, load_pretrained
+
 MODES = ("frozen", "lora", "full")
 EMBEDDINGS = ("new_rows", "full")
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json")
@@ -35,10 +37,13 @@ Piece = Union[str, torch.Tensor, Sequence[int]]
 
 
 def load_tokenizer(path):
-    """AutoTokenizer from an LLM folder; a folder without tokenizer files is a one-line error."""
+    """AutoTokenizer from an LLM folder; a folder without tokenizer files is a one-line error. In
+    config-only mode (the shape check) a ShapeOnlyLLMTokenizer read from the folder's config.json."""
     from transformers import AutoTokenizer
 
     path = Path(path)
+    if is_config_only():
+        return ShapeOnlyLLMTokenizer.from_folder(path)
     if not any((path / name).is_file() for name in TOKENIZER_FILES):
         raise FileNotFoundError(f"{path}: no tokenizer in the LLM folder (none of {', '.join(TOKENIZER_FILES)}); "
                                 f"save the tokenizer with the model (tokenizer.save_pretrained)")
@@ -91,7 +96,7 @@ class LLMWithImageTokens(nn.Module):
         if not (path / "config.json").is_file():
             raise FileNotFoundError(f"{path}/config.json: not found (model.llm must be a Hugging Face causal-LM folder)")
         tokenizer = load_tokenizer(path)
-        lm = AutoModelForCausalLM.from_pretrained(path, dtype=getattr(torch, dtype))
+        lm = load_pretrained(AutoModelForCausalLM, str(path), dtype=getattr(torch, dtype))
         return cls(lm, tokenizer, num_image_tokens, mode, lora, token_names, embeddings)
 
     # ---- vocabulary -------------------------------------------------------------------------------

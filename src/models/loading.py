@@ -23,6 +23,24 @@ def load_strict(model: nn.Module, state: dict[str, torch.Tensor], source: str, a
         raise ValueError(f"{source}: {str(error).splitlines()[1].strip()}") from None
 
 
+def read_weights_metadata(path, metadata_key: str, hint: str) -> dict:
+    """json-decoded metadata[metadata_key] of a safetensors file written by `write_weights_file`, without
+    reading a tensor (the shape check builds models from it); errors as read_weights_file's."""
+    import json
+    from pathlib import Path
+
+    from safetensors import safe_open
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: not found; {hint}")
+    with safe_open(str(path), framework="pt") as handle:
+        metadata = handle.metadata() or {}
+    if metadata_key not in metadata:
+        raise KeyError(f"{path}: no `{metadata_key}` metadata; {hint}")
+    return json.loads(metadata[metadata_key])
+
+
 def read_weights_file(path, metadata_key: str, hint: str) -> tuple[dict[str, torch.Tensor], dict]:
     """(state dict, json-decoded metadata[metadata_key]) of a safetensors file written by
     `write_weights_file`; a missing file or key is an error naming the file and `hint` (how to make it)."""

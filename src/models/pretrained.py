@@ -118,3 +118,47 @@ class ShapeOnlyTokenizer:
     def __getattr__(self, name):
         raise AttributeError(f"{self.source}: the shape-only tokenizer (config-only mode) has no '{name}'; "
                              f"a task's example_batch() must not need real tokenization")
+
+
+class ShapeOnlyLLMTokenizer:
+    """Stands in for an LLM's tokenizer in config-only mode, read from the LLM folder's config.json
+    (`vocab_size`, `bos_token_id`, `eos_token_id`): its length, the special ids, added tokens (they extend
+    the length, as in a real tokenizer) and `tok(text, add_special_tokens=False).input_ids`, one id per
+    UTF-8 byte of the text. A byte-fallback BPE (Llama's) never gives more tokens than bytes, so a
+    sequence built from these ids is at least as long as the real one: the largest case, as every other
+    data-dependent step of the shape check. The ids are all `unk` (0): only their number matters."""
+
+    def __init__(self, vocab_size: int, bos_token_id: Optional[int], eos_token_id: Optional[int], source: str):
+        self.vocab_size, self.bos_token_id, self.eos_token_id = vocab_size, bos_token_id, eos_token_id
+        self.source = source
+        self.added: list[str] = []
+
+    @classmethod
+    def from_folder(cls, folder: Path) -> "ShapeOnlyLLMTokenizer":
+        config_file = Path(folder) / "config.json"
+        if not config_file.is_file():
+            raise FileNotFoundError(f"{config_file}: not found; the shape check reads the vocabulary size and "
+                                    f"the special token ids of the LLM from it")
+        config = json.loads(config_file.read_text())
+        config = config.get("text_config", config)  # a multimodal config keeps the LM's under text_config
+        if not isinstance(config.get("vocab_size"), int):
+            raise ValueError(f"{config_file}: key 'vocab_size': expected the LLM's vocabulary size")
+        return cls(config["vocab_size"], config.get("bos_token_id"), config.get("eos_token_id"), str(config_file))
+
+    def __len__(self) -> int:
+        return self.vocab_size + len(self.added)
+
+    def add_special_tokens(self, tokens: dict) -> int:
+        new = [t for t in tokens.get("additional_special_tokens", []) if t not in self.added]
+        self.added += new
+        return len(new)
+
+    def __call__(self, text: str, add_special_tokens: bool = False, **unused) -> BatchEncoding:
+        if not isinstance(text, str) or add_special_tokens:
+            raise ValueError(f"{self.source}: the shape-only LLM tokenizer (config-only mode) encodes one "
+                             f"string without special tokens")
+        return BatchEncoding({"input_ids": [0] * len(text.encode("utf-8"))})
+
+    def __getattr__(self, name):
+        raise AttributeError(f"{self.source}: the shape-only LLM tokenizer (config-only mode) has no '{name}'; "
+                             f"a task's example_batch() must not need real tokenization")

@@ -16,6 +16,7 @@ Shapes: B batch, P patches (grid**2), W width, Q queries (256), D output width.
 """
 from __future__ import annotations
 
+import json
 import math
 from collections import OrderedDict
 from pathlib import Path
@@ -24,7 +25,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from src.models.loading import load_strict, read_weights_file
+from src.models.loading import load_strict, read_weights_file, read_weights_metadata
+from src.models.pretrained import is_config_only
 from src.models.resamplers import QwenAttnPool, resize_positions
 
 # Keys of Qwen-VL's `visual` config section that describe the architecture; others (image_start_id,
@@ -121,10 +123,30 @@ class QwenViT(nn.Module):
 
 
 def load_qwen_vit(path: str | Path) -> QwenViT:
-    """The frozen tokenizer from a file written by src.tools.reload_qwen_vit (config in its metadata)."""
+    """The frozen tokenizer from a file written by src.tools.reload_qwen_vit (config in its metadata).
+    In config-only mode (the shape check) it is built on the meta device from that file's metadata alone,
+    or from a Qwen-VL-Chat folder's config.json `visual` section."""
+    if is_config_only():
+        return QwenViT.from_config(_visual_config_only(Path(path))).eval().requires_grad_(False)
     state, visual = read_weights_file(path, CONFIG_METADATA_KEY,
                                       "extract it with python -m src.tools.reload_qwen_vit")
     with torch.device("meta"):
         model = QwenViT.from_config(visual)
     load_strict(model, state, str(path), assign=True)
     return model.eval().requires_grad_(False)
+
+
+def _visual_config_only(path: Path) -> dict:
+    """The `visual` config of a reload_qwen_vit file (its metadata; no tensor is read) or of a Qwen-VL
+    folder (config.json)."""
+    if path.is_dir():
+        config_file = path / "config.json"
+        if not config_file.is_file():
+            raise FileNotFoundError(f"{config_file}: not found (a Qwen-VL-Chat folder, or a file written by "
+                                    f"python -m src.tools.reload_qwen_vit)")
+        config = json.loads(config_file.read_text())
+        if "visual" not in config:
+            raise KeyError(f"{config_file}: no `visual` section; is this a Qwen-VL checkpoint?")
+        return config["visual"]
+    return read_weights_metadata(path, CONFIG_METADATA_KEY, "extract it with python -m src.tools.reload_qwen_vit, "
+                                 "or point the shape check at a Qwen-VL-Chat folder (its config.json)")

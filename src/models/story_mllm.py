@@ -78,7 +78,10 @@ class StoryMLLM(nn.Module):
         expected = int(cmp_mask.sum())
         if tokens.shape[0] * tokens.shape[1] != expected:
             raise RuntimeError(f"{tokens.shape[0]} input images x {tokens.shape[1]} tokens for {expected} image positions")
-        return embeds.masked_scatter(cmp_mask[..., None], tokens.to(embeds.dtype))
+        # Row-major positions, the order the images come in. Indexing by positions (not masked_scatter)
+        # lets the mask live on the CPU while the model is on the meta device (the shape check).
+        positions = tuple(p.to(embeds.device) for p in cmp_mask.nonzero(as_tuple=True))
+        return embeds.index_put(positions, tokens.flatten(0, 1).to(embeds.dtype))
 
     def forward(self, input_ids: torch.Tensor, features: torch.Tensor, cmp_mask: torch.Tensor,
                 attention_mask: torch.Tensor, position_ids: torch.Tensor | None = None) -> torch.Tensor:

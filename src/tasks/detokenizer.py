@@ -27,6 +27,7 @@ from src.data.datasets import FrameDataset, collate_frames
 from src.data.stories import read_split, resolve
 from src.data.transforms import load_frame
 from src.models.detokenizer import NUM_TIME_IDS, TRAINABLE_UNET, Detokenizer, load_detokenizer, sdxl_time_ids
+from src.models.pretrained import load_pretrained
 from src.models.resamplers import NORMALIZE_MODES, ResamplerXL
 from src.models.visual_tokenizer import build_visual_tokenizer
 from src.pipelines.story_sampler import frame_generator, make_scheduler, write_stories
@@ -87,10 +88,10 @@ class DetokenizerTask(LDMTask):
                                     ("normalize", m.normalize, NORMALIZE_MODES)):
             if value not in allowed:
                 raise ValueError(f"key 'model.{key}': {value!r} is not one of {', '.join(allowed)}")
-        self.vae = AutoencoderKL.from_pretrained(m.pretrained, subfolder="vae").requires_grad_(False)
+        self.vae = load_pretrained(AutoencoderKL, m.pretrained, subfolder="vae").requires_grad_(False)
         self.noise_scheduler = DDPMScheduler.from_pretrained(m.pretrained, subfolder="scheduler")
         self.visual_tokenizer = build_visual_tokenizer(m.tokenizer, m.tokenizer_path, m.tokenizer_arch)
-        unet = UNet2DConditionModel.from_pretrained(m.pretrained, subfolder="unet")
+        unet = load_pretrained(UNet2DConditionModel, m.pretrained, subfolder="unet")
         if m.init_weights:
             self.detokenizer = load_detokenizer(unet, m.init_weights)
         else:
@@ -112,6 +113,22 @@ class DetokenizerTask(LDMTask):
 
     def collate(self, items):
         return collate_frames(items)
+
+    # ---- shape check (src/tools/shape_check.py) -----------------------------------------------------
+    def example_batch(self, batch_size: int, device) -> dict:
+        """Frames at data.image_size and their SDXL time ids (stored at that size, no crop), as
+        DetokenizerFrames + collate_frames give them."""
+        if self.cfg.model.cache_frozen:
+            raise ValueError("key 'model.cache_frozen': the frozen cache encodes the dataset; the shape check "
+                             "runs with model.cache_frozen=false")
+        size = self.cfg.data.image_size
+        time_ids = torch.tensor(sdxl_time_ids((size, size), (0, 0), (size, size)), dtype=torch.float32)
+        return {"pixel_values": torch.zeros(batch_size, 3, size, size, device=device),
+                "time_ids": time_ids.to(device).expand(batch_size, -1).clone()}
+
+    def conditioning_module(self):
+        """ResamplerXL: encoder_hidden_states [B,Q,D1+D2] and the pooled embedding [B,D2]."""
+        return self.detokenizer.resampler
 
     # ---- training ---------------------------------------------------------------------------------
     def drop_condition(self, features: torch.Tensor, drop_prob: float) -> torch.Tensor:

@@ -28,8 +28,9 @@ import torch.nn.functional as F
 
 from src.data.datasets import StoryDataset
 from src.data.stories import StoryFormatError
-from src.data.story_sequence import SUPERVISION, SpecialIds, fit_sequence, pad_batch
+from src.data.story_sequence import SUPERVISION, SpecialIds, build_sequence, fit_sequence, pad_batch
 from src.models.llm_with_image_tokens import EMBEDDINGS, LLMWithImageTokens
+from src.models.pretrained import is_config_only
 from src.models.story_mllm import REGRESSION_LOSSES, StoryMLLM, regression_loss, seed_token_names
 from src.models.visual_tokenizer import build_visual_tokenizer
 from src.tasks.align import LoraSettings
@@ -70,6 +71,7 @@ class StorySFTModelConfig:
     val_stories: int = 0                      # validation: the first N val stories (0: all)
 
 
+SELECTION_MASKS = ("cmp_mask", "gen_mask", "targets")  # the sequence tensors that select positions
 CHOICES = {"llm_mode": ("frozen", "lora", "full"), "embeddings": EMBEDDINGS, "supervision": SUPERVISION,
            "context_beats": ("random", "all"), "regression_loss": REGRESSION_LOSSES,
            "llm_dtype": ("float32", "bfloat16", "float16")}
@@ -102,7 +104,7 @@ class StorySFTTask(Task):
         self.special = SpecialIds(bos=tok.bos_token_id, eos=tok.eos_token_id, boi=self.mllm.boi_id,
                                   eoi=self.mllm.eoi_id, img=self.mllm.image_ids, separator=tuple(llm.text_ids(m.separator)))
         self.samples_cut_total = 0
-        if m.init_weights:
+        if m.init_weights and not is_config_only():  # the shape check reads no weights
             self.load_init_weights(m.init_weights)
 
     def load_init_weights(self, path: str) -> None:
@@ -151,12 +153,15 @@ class StorySFTTask(Task):
         used = sorted(set(inputs) | set(targets))
         row = {frame: i for i, frame in enumerate(used)}
         features = self.visual_tokenizer(batch["pixel_values"][used])  # frozen: no grad
-        t = {k: v.to(device) for k, v in pad_batch(seqs, self.special.eos).items()}
+        # On the meta device (the shape check) the selection masks stay on the CPU: a selection by a CPU
+        # mask keeps its real size, a meta mask would select everything.
+        masks_on = torch.device("cpu") if device.type == "meta" else device
+        t = {k: v.to(masks_on if k in SELECTION_MASKS else device) for k, v in pad_batch(seqs, self.special.eos).items()}
         hidden = self.mllm(t["input_ids"], features[[row[i] for i in inputs]], t["cmp_mask"], t["attention_mask"],
                            t["position_ids"])
         supervised = t["targets"] != -100
         logits = self.mllm.llm.logits_at(hidden[supervised])
-        ce = F.cross_entropy(logits.float(), t["targets"][supervised])
+        ce = F.cross_entropy(logits.float(), t["targets"][supervised].to(device))
         regressed = self.mllm.regress(hidden, t["gen_mask"])
         regression = regression_loss(regressed, features[[row[i] for i in targets]], self.cfg.model.regression_loss)
         m = self.cfg.model
@@ -177,6 +182,30 @@ class StorySFTTask(Task):
         out["samples_cut"] = torch.tensor(float(cut))
         out["samples_cut_total"] = torch.tensor(float(self.samples_cut_total))
         return out
+
+    # ---- shape check (src/tools/shape_check.py) -----------------------------------------------------
+    def example_batch(self, batch_size: int, device) -> dict:
+        """`batch_size` stories of data.frames_per_story beats at the tokenizer's input size, their captions
+        as long as lets the whole story (every beat, the recipe's supervision) fill model.max_length: the
+        longest sequence the recipe can see. The step's own draw of the context beats still applies
+        (`model.context_beats=all` takes every beat)."""
+        m, frames = self.cfg.model, self.cfg.data.frames_per_story
+        if frames < 2:
+            raise ValueError(f"key 'data.frames_per_story': {frames}; stage 2 needs at least 2 beats")
+        fixed = len(build_sequence([[] for _ in range(frames)], 0, frames - 1, self.special, m.supervision))
+        per_caption = (m.max_length - fixed) // frames
+        if per_caption < 1:
+            raise ValueError(f"key 'model.max_length': {m.max_length} tokens do not hold {frames} beats "
+                             f"({fixed} tokens without any caption text)")
+        size = self.visual_tokenizer.image_size
+        captions = [[self.special.eos] * per_caption for _ in range(frames)]
+        return {"pixel_values": torch.zeros(batch_size * frames, 3, size, size, device=device),
+                "num_beats": [frames] * batch_size, "caption_ids": [captions] * batch_size,
+                "story_id": [f"example_{b}" for b in range(batch_size)]}
+
+    def conditioning_module(self):
+        """The output resampler: the regressed visual-tokenizer features the de-tokenizer draws from."""
+        return self.mllm.output_resampler
 
     # ---- validation ---------------------------------------------------------------------------------
     @torch.no_grad()
