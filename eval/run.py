@@ -128,8 +128,10 @@ def evaluate(samples_dir, protocol, compare_dir=None, log=print):
     generation_file = samples_dir / "generation.json"
     generation = json.loads(generation_file.read_text(encoding="utf-8")) if generation_file.is_file() else None
     if generation is not None and "caption_field" in generation:
-        rows = {"Captions drawn from": {"value": generation["caption_field"], "ceiling": None,
-                                        "note": "captions_coref: names replaced by pronouns"}, **rows}
+        field = generation["caption_field"]
+        note = ("co-reference captions: later mentions of a character are pronouns" if field == "captions_coref"
+                else "the original captions: every character named")
+        rows = {"Captions drawn from": {"value": field, "ceiling": None, "note": note}, **rows}
     return {
         "samples": str(samples_dir), "dataset": str(data_root), "split": split,
         "stories": len(pairs), "frames": len(generated), "protocol": protocol,

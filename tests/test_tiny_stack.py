@@ -209,7 +209,11 @@ def test_sd_folder_loads_as_a_pipeline_offline_and_draws_a_frame(stack, test_con
     scheduler = pipeline.scheduler.config
     assert type(pipeline.scheduler).__name__ == "DDIMScheduler"
     assert (scheduler.beta_schedule, scheduler.beta_start, scheduler.beta_end) == ("scaled_linear", 0.00085, 0.012)
-    assert (scheduler.num_train_timesteps, scheduler.skip_prk_steps, scheduler.steps_offset) == (1000, True, 1)
+    assert (scheduler.num_train_timesteps, scheduler.steps_offset) == (1000, 1)
+    # zero terminal SNR with v-prediction (docs/char_ldm.md, "Noise schedule"): the last timestep is pure noise
+    assert (scheduler.prediction_type, scheduler.timestep_spacing, scheduler.rescale_betas_zero_snr) == (
+        "v_prediction", "trailing", True)
+    assert pipeline.scheduler.alphas_cumprod[-1].item() == 0.0
     images = pipeline(
         "Ada walked on the beach.", num_inference_steps=2, output_type="np", generator=torch.Generator().manual_seed(0)
     ).images
@@ -296,6 +300,9 @@ def test_trained_vae_reconstructs_val_frames_better_than_untrained(stack, shapes
         ("frame_size: 60\n", "frame_size"),
         ("unet:\n  block_out_channels: [32, 64, 64]\n", "unet.block_out_channels"),
         ("text_encoder:\n  num_attention_heads: 5\n", "text_encoder.num_attention_heads"),
+        ("scheduler:\n  prediction_type: epsilon\n", "scheduler.rescale_betas_zero_snr"),
+        ("scheduler:\n  class_name: PNDMScheduler\n", "scheduler.rescale_betas_zero_snr"),
+        ("scheduler:\n  timestep_spacing: last\n", "scheduler.timestep_spacing"),
     ],
 )
 def test_bad_config_is_an_error_naming_file_and_key(tmp_path, yaml_text, key):

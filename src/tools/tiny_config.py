@@ -84,17 +84,18 @@ class VisionEncoderConfig:
 
 @dataclass
 class SchedulerConfig:
-    # SD 1.5's scheduler_config.json (PNDM, scaled-linear betas, epsilon) by default; configs/pretrained/tiny.yaml
-    # switches the toy stack to zero terminal SNR with v-prediction (why: docs/char_ldm.md, "Noise schedule").
-    class_name: str = "PNDMScheduler"     # PNDMScheduler (SD 1.5) or DDIMScheduler (needed for zero terminal SNR)
+    # SD 1.5's betas (scaled-linear 0.00085-0.012) rescaled to zero terminal SNR, with v-prediction, stored as
+    # a DDIM config (why: docs/char_ldm.md, "Noise schedule"). SD 1.5's own scheduler_config.json is
+    # class_name PNDMScheduler, prediction_type epsilon, timestep_spacing leading, rescale_betas_zero_snr false.
+    class_name: str = "DDIMScheduler"     # PNDMScheduler | DDIMScheduler (PNDM has no zero-SNR option)
     num_train_timesteps: int = 1000
     beta_start: float = 0.00085
     beta_end: float = 0.012
     beta_schedule: str = "scaled_linear"
-    prediction_type: str = "epsilon"      # epsilon | v_prediction (zero terminal SNR needs v_prediction)
-    timestep_spacing: str = "leading"     # leading (SD 1.5) | trailing (sampling starts at the last timestep)
-    rescale_betas_zero_snr: bool = False  # Lin et al. 2024, "Common Diffusion Noise Schedules ... Are Flawed"
-    skip_prk_steps: bool = True
+    prediction_type: str = "v_prediction"  # epsilon | v_prediction (zero terminal SNR needs v_prediction)
+    timestep_spacing: str = "trailing"    # leading | trailing (sampling starts at the last timestep) | linspace
+    rescale_betas_zero_snr: bool = True   # Lin et al. 2024, "Common Diffusion Noise Schedules ... Are Flawed"
+    skip_prk_steps: bool = True           # PNDM only
     steps_offset: int = 1
     set_alpha_to_one: bool = False
 
