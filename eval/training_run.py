@@ -2,8 +2,8 @@
 (metrics.jsonl), and the classifier metrics of its periodic samples (samples/step_N/) over training.
 
 The engine logs steps, not clock time; minutes are steps x the run's mean seconds per step
-(summary.json), so the time axis assumes an even pace. A resumed run's summary.json counts only the
-minutes since the resume, so its time axis is too short (the steps are right).
+(summary.json), so the time axis assumes an even pace. A resumed run's summary.json times only the steps
+since the resume (`resumed_from_step`); their pace is applied to every step.
 """
 from __future__ import annotations
 
@@ -39,8 +39,9 @@ def read_run(run_dir) -> dict:
 
 
 def minutes_per_step(run: dict) -> float:
+    """The pace of the last training session (summary.json counts the steps after resumed_from_step)."""
     summary = run["summary"]
-    return summary["minutes"] / max(summary["final_step"], 1)
+    return summary["minutes"] / max(summary["final_step"] - summary.get("resumed_from_step", 0), 1)
 
 
 def describe(run: dict) -> str:
@@ -49,7 +50,7 @@ def describe(run: dict) -> str:
     model = config["model"]
     what = "Char-LDM (StoryGPT-V stage 1)" if model.get("character_conditioning", False) else "baseline LDM"
     return (f"{what} trained on {config['data']['name']} for {summary['final_step']} steps "
-            f"({summary['minutes']:.1f} min, batch {config['train']['batch_size']}, lr {config['optim']['lr']:g} "
+            f"({minutes_per_step(run) * summary['final_step']:.1f} min, batch {config['train']['batch_size']}, lr {config['optim']['lr']:g} "
             f"{config['optim']['schedule']}) from {model['pretrained']}")
 
 

@@ -138,6 +138,9 @@ def test_report_opens_with_a_summary_and_plots_of_the_training_run(scored, toy_r
     assert saved["metrics"] == results["real"]["metrics"]
     early, late = saved["training"]
     assert (early["step"], late["step"], late["minutes"], late["split"]) == (2, 4, 2.0, "val")
+    # a resumed run: the pace of the steps after the resume is applied to every step
+    from eval.training_run import minutes_per_step
+    assert minutes_per_step({"summary": {"final_step": 900, "resumed_from_step": 600, "minutes": 3.0}}) == 0.01
     assert late["Char-Acc (%)"] > early["Char-Acc (%)"] and late["BG-Acc (%)"] > early["BG-Acc (%)"]
     page = (tmp_path / "report" / "report.html").read_text()
     assert "Char-LDM (StoryGPT-V stage 1) trained on toy for 4 steps (2.0 min" in page

@@ -89,6 +89,11 @@ def test_killed_run_resumes_to_the_same_weights_as_an_uninterrupted_run(ldm_over
     ema_a = load_file(str(run_dir(common, "straight") / "checkpoints/step_000016/ema.safetensors"))
     ema_b = load_file(str(killed / "checkpoints/step_000016/ema.safetensors"))
     assert all(torch.equal(ema_a[n], ema_b[n]) for n in ema_a)
+    # summary.json times the steps after the resume; a resume with nothing left to train keeps it as it is
+    summary = json.loads((killed / "summary.json").read_text())
+    assert (summary["final_step"], summary["resumed_from_step"]) == (16, stopped_at)
+    run(train_cmd(common + ["run_name=killed", "train.resume=latest"]))
+    assert json.loads((killed / "summary.json").read_text()) == summary
 
 
 def test_starting_over_an_existing_run_is_refused(ldm_overrides):

@@ -189,8 +189,10 @@ def train(cfg) -> Path:
             break
     progress.close()
     accelerator.end_training()
-    if accelerator.is_main_process:
-        summary = {"final_step": step, "last_checkpoint": last_saved, "minutes": (time.time() - started) / 60}
+    # A resume that had nothing left to train keeps the summary of the session that trained (its minutes).
+    if accelerator.is_main_process and not (step == start_step and (run_dir / "summary.json").is_file()):
+        summary = {"final_step": step, "resumed_from_step": start_step, "last_checkpoint": last_saved,
+                   "minutes": (time.time() - started) / 60}  # this session's minutes: steps after resumed_from_step
         trackers.write_summary(summary)
     return run_dir
 
