@@ -303,7 +303,7 @@ def test_converted_data_trains_one_step_of_stage1(tmp_path, tiny_sd):
     out = tmp_path / "flintstones_converted"
     convert("flintstones", write_storygptv(tmp_path / "flintstones"), out, FACTS, progress=False)
     overrides = [f"data.root={out}", "data.image_size=64", f"model.pretrained={tiny_sd}",
-                 f"model.image_encoder={tiny_sd.parent / 'clip'}", f"output_root={tmp_path}/outputs", "logging.tensorboard=false", "train.max_steps=1",
+                 f"model.image_encoder={tiny_sd.parent / 'clip'}", f"output_root={tmp_path}/outputs", "logging.tensorboard=false", "train.max_steps=1", "sample.scheduler=DPMSolverMultistepScheduler",
                  "train.batch_size=4", "train.mixed_precision=no", "train.log_every=1", "train.checkpoint_every=1",
                  "sample.num_stories=1", "sample.num_inference_steps=2", "data.num_workers=0",
                  "data.caption_field=captions_coref"]

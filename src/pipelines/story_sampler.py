@@ -6,6 +6,7 @@ frame's image does not depend on the batch it was drawn in or on how many storie
 """
 from __future__ import annotations
 
+import inspect
 import json
 from pathlib import Path
 from typing import Callable, Optional
@@ -22,7 +23,16 @@ def make_scheduler(name: str, config_source):
     cls = getattr(diffusers, name, None)
     if cls is None or not hasattr(cls, "from_config"):
         raise ValueError(f"key 'sample.scheduler': '{name}' is not a diffusers scheduler class")
-    return cls.from_config(config_source)
+    config = dict(config_source)
+    accepted = inspect.signature(cls.__init__).parameters
+    if config.get("rescale_betas_zero_snr") and "rescale_betas_zero_snr" not in accepted:
+        # it would sample with other betas than the model was trained on (docs/char_ldm.md, "Noise schedule")
+        raise ValueError(f"key 'sample.scheduler': {name} has no zero-terminal-SNR option, but the model's scheduler "
+                         "config rescales its betas to zero SNR; use DPMSolverMultistepScheduler, DDIMScheduler, "
+                         "DDPMScheduler or EulerDiscreteScheduler")
+    if "skip_prk_steps" in accepted:  # a config from another class (e.g. DDIM) lacks it; SD 1.5 skips them
+        config.setdefault("skip_prk_steps", True)
+    return cls.from_config(config)
 
 
 def build_sd_pipeline(unet, vae, text_encoder, tokenizer, pretrained: str, scheduler: str):
