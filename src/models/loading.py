@@ -44,20 +44,10 @@ def read_weights_metadata(path, metadata_key: str, hint: str) -> dict:
 def read_weights_file(path, metadata_key: str, hint: str) -> tuple[dict[str, torch.Tensor], dict]:
     """(state dict, json-decoded metadata[metadata_key]) of a safetensors file written by
     `write_weights_file`; a missing file or key is an error naming the file and `hint` (how to make it)."""
-    import json
-    from pathlib import Path
+    from safetensors.torch import load_file
 
-    from safetensors import safe_open
-
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: not found; {hint}")
-    with safe_open(str(path), framework="pt") as handle:
-        metadata = handle.metadata() or {}
-        if metadata_key not in metadata:
-            raise KeyError(f"{path}: no `{metadata_key}` metadata; {hint}")
-        state = {key: handle.get_tensor(key) for key in handle.keys()}
-    return state, json.loads(metadata[metadata_key])
+    metadata = read_weights_metadata(path, metadata_key, hint)  # the same checks, header only
+    return load_file(str(path)), metadata
 
 
 def write_weights_file(state: dict[str, torch.Tensor], path, metadata: dict[str, str]) -> None:

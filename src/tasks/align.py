@@ -112,14 +112,12 @@ def alignment_loss(pred: torch.Tensor, target: torch.Tensor, kind: str) -> torch
 
 class AlignTask(Task):
     ModelConfig = AlignModelConfig
+    model_choices = CHOICES
     best_metric = "val/l2"  # lower is better; the engine keeps the best checkpoint by it
 
     def __init__(self, cfg):
         super().__init__(cfg)
         m = cfg.model
-        for key, allowed in CHOICES.items():
-            if getattr(m, key) not in allowed:
-                raise ValueError(f"key 'model.{key}': '{getattr(m, key)}' is not one of {', '.join(allowed)}")
         self._targets = None  # the target cache, opened on first use (the constructor reads no data)
         self.llm = LLMWithImageTokens.from_pretrained(
             m.llm, m.num_image_tokens, m.llm_mode, m.llm_dtype,

@@ -28,10 +28,15 @@ from torch import nn
 
 class Task(nn.Module):
     ModelConfig = None  # a dataclass: the schema of the config's `model:` section
+    model_choices: dict = {}  # `model:` key -> its allowed values, checked before any model is built
 
     def __init__(self, cfg):
         super().__init__()
         self.cfg = cfg
+        for key, allowed in self.model_choices.items():
+            value = getattr(cfg.model, key)
+            if value not in allowed:
+                raise ValueError(f"key 'model.{key}': '{value}' is not one of {', '.join(allowed)}")
 
     # ---- training ---------------------------------------------------------------------------------
     def training_step(self, batch: dict) -> dict[str, torch.Tensor]:

@@ -80,14 +80,11 @@ class DetokenizerTask(LDMTask):
     """Shares LDMTask's latent encoding, training noise and diffusion loss; the SD 1.5 text stack is not
     loaded (Task.__init__ directly)."""
     ModelConfig = DetokenizerModelConfig
+    model_choices = {"train_unet": TRAINABLE_UNET, "normalize": NORMALIZE_MODES}
 
     def __init__(self, cfg):
         super(LDMTask, self).__init__(cfg)
         m = cfg.model
-        for key, value, allowed in (("train_unet", m.train_unet, TRAINABLE_UNET),
-                                    ("normalize", m.normalize, NORMALIZE_MODES)):
-            if value not in allowed:
-                raise ValueError(f"key 'model.{key}': {value!r} is not one of {', '.join(allowed)}")
         self.vae = load_pretrained(AutoencoderKL, m.pretrained, subfolder="vae").requires_grad_(False)
         self.noise_scheduler = DDPMScheduler.from_pretrained(m.pretrained, subfolder="scheduler")
         self.visual_tokenizer = build_visual_tokenizer(m.tokenizer, m.tokenizer_path, m.tokenizer_arch)

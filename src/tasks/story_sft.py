@@ -79,15 +79,13 @@ CHOICES = {"llm_mode": ("frozen", "lora", "full"), "embeddings": EMBEDDINGS, "su
 
 class StorySFTTask(Task):
     ModelConfig = StorySFTModelConfig
+    model_choices = CHOICES
     best_metric = "val/loss"
     draws_samples = False  # stage 2 draws no frames (story generation is the inference entry's job)
 
     def __init__(self, cfg):
         super().__init__(cfg)
         m = cfg.model
-        for key, allowed in CHOICES.items():
-            if getattr(m, key) not in allowed:
-                raise ValueError(f"key 'model.{key}': '{getattr(m, key)}' is not one of {', '.join(allowed)}")
         self.visual_tokenizer = build_visual_tokenizer(m.tokenizer, m.tokenizer_path, m.tokenizer_arch)
         probe = self.visual_tokenizer.empty_features(1)
         lora = dict(r=m.lora.r, lora_alpha=m.lora.lora_alpha, lora_dropout=m.lora.lora_dropout,
