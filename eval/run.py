@@ -55,10 +55,12 @@ def evaluate(samples_dir, protocol, compare_dir=None, log=print):
     """All of the protocol's metrics for a samples folder, as the dict written to metrics.json."""
     samples_dir, data_root, split = Path(samples_dir), Path(protocol["dataset"]), protocol["split"]
     meta = read_meta(data_root)
-    samples = read_samples(samples_dir, meta)
     generation_file = samples_dir / "generation.json"
     generation = json.loads(generation_file.read_text(encoding="utf-8")) if generation_file.is_file() else None
     multimodal = is_story_samples(generation)
+    # a written story has as many beats as its writer chose, not the dataset's frames_per_story
+    sample_meta = {**meta, "frames_per_story": None} if multimodal else meta
+    samples = read_samples(samples_dir, sample_meta)
     truth_by_id, where = read_split(data_root, split), str(data_root / f"{split}.jsonl")
     if multimodal:
         pairs, beats = pair_beats(samples, truth_by_id, where, protocol["story"]["given_beats"])
@@ -104,7 +106,8 @@ def evaluate(samples_dir, protocol, compare_dir=None, log=print):
         rows.update(scoring.score_fid(protocol["fid"], generated, real, device, batch_size, features))
     if "clip" in names:
         torch.manual_seed(protocol["seed"])
-        new_rows, frames = scoring.score_clip(protocol["clip"], generated, real, captions, device, batch_size)
+        new_rows, frames = scoring.score_clip(protocol["clip"], generated, real, captions, device, batch_size,
+                                              dataset_captions if multimodal else None)
         rows.update(new_rows)
         per_frame.update(frames)
     if "caption" in names:
@@ -133,7 +136,7 @@ def evaluate(samples_dir, protocol, compare_dir=None, log=print):
                     per_story[story_id][f"judge_{aspect}"] = scores[f"judge_{aspect}"]
             details["judge"] = {"scores": summary}
         if compare_dir is not None:
-            others = read_samples(compare_dir, meta)
+            others = read_samples(compare_dir, sample_meta)
             votes = judge_pairwise(client, samples, samples_dir, others, Path(compare_dir), max_frames)
             for aspect, result in votes.items():
                 rows[f"Judge {aspect}: win / tie / loss vs {Path(compare_dir).name}"] = {
