@@ -174,6 +174,9 @@ def main(argv=None):
                         help="print src.generate_story's options from the `story:` section, one per line")
     args = parser.parse_args(argv)
     protocol = load_protocol(args.protocol, args.overrides)
+    if "judge" in protocol["metrics"]:  # a judge without an endpoint or key fails now, not after generation
+        from eval.judge import JudgeClient
+        JudgeClient.from_protocol(protocol["judge"])
     if args.generator_args:  # one per line: scripts/eval_story.sh reads them with mapfile
         print("\n".join(generator_args(protocol)))
     return 0

@@ -204,4 +204,8 @@ def test_eval_sh_sends_a_story_run_to_the_story_path_and_checks_its_arguments(st
     protocol = subprocess.run(["bash", "eval.sh", "no_such", str(story_runs["mllm"]), str(story_runs["detok"])],
                               cwd=REPO, env=env, capture_output=True, text=True)
     assert protocol.returncode == 2 and "no protocol configs/eval/no_such.yaml" in protocol.stderr
+    # a judge listed without an endpoint is named before any story is written
+    judge = subprocess.run(["bash", "eval.sh", "toy_story", str(story_runs["mllm"]), str(story_runs["detok"]),
+                            "metrics=[judge]"], cwd=REPO, env=env, capture_output=True, text=True)
+    assert judge.returncode == 2 and "protocol key 'judge.url' is not set" in judge.stderr, judge.stderr
     assert not (tmp_path / "never").exists()
