@@ -128,12 +128,12 @@ def _beats_table(story, samples_dir, truth, data_root, given_beats):
     rows = []
     for k in range(count):
         cells = []
-        for source, root in ((story, samples_dir), (truth, data_root)):
+        for source, root, side in ((story, samples_dir, "generated"), (truth, data_root, "ground truth")):
             if source is None:
                 continue
             if k < len(source["images"]):
                 uri = _png_data_uri(load_frame(root, source["images"][k]))
-                cells.append(f"<td class='frame'><img src='{uri}' alt='{html.escape(source['id'])} beat {k}'></td>"
+                cells.append(f"<td class='frame'><img src='{uri}' alt='{html.escape(source['id'])} beat {k}, {side}'></td>"
                              f"<td class='text'>{html.escape(source['captions'][k])}</td>")
             else:
                 cells.append("<td class='frame'></td><td class='text'>&mdash;</td>")

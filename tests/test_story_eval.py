@@ -17,32 +17,16 @@ from eval.judge import ASPECTS, _image_part
 from eval.multimodal import pair_beats, text_labels
 from eval.stories_io import load_frame
 from tests.test_eval_judge import StubJudge
+from tests.test_story_generate import runs  # noqa: F401 (a fixture: the tiny story_sft and detokenizer runs)
 
 REPO = Path(__file__).resolve().parent.parent
 
 
 @pytest.fixture(scope="module")
-def story_runs(seed_stack, toy_root, tmp_path_factory):
-    """A story_sft run (30 steps on long toy stories: enough that greedy decoding goes on past the opening
-    rather than ending the story at once) and a detokenizer run (1 step)."""
-    from src.data.toy import generate_toy_dataset
-    from src.train import main
-
-    tmp = tmp_path_factory.mktemp("story_eval")
-    story_root = generate_toy_dataset(tmp / "toy_story", seed=0, num_train=4, num_val=1, num_test=2,
-                                      story_frames=30, chunk_frames=10, num_workers=1, progress=False)
-    common = [f"tiny_stack={seed_stack}", f"model.tokenizer_path={seed_stack}/qwen_vit.safetensors",
-              f"output_root={tmp}/outputs", "logging.tensorboard=false", "train.max_minutes=0", "data.num_workers=0",
-              "run_name=ev", "train.log_every=2"]
-    assert main(["--config", "configs/story/sft_toy.yaml", *common, f"data.root={story_root}",
-                 f"model.llm={seed_stack}/Llama-2-7b-hf", "train.max_steps=30", "optim.warmup_steps=3",
-                 "train.checkpoint_every=30", "train.validate_every=0", "train.batch_size=4"]) == 0
-    assert main(["--config", "configs/story/detokenizer_toy.yaml", *common, f"data.root={toy_root}",
-                 f"model.pretrained={seed_stack}/sdxl", "train.max_steps=1", "train.batch_size=2",
-                 "train.checkpoint_every=1", "train.sample_every=0", "model.cache_frozen=false",
-                 "sample.num_inference_steps=2", "sample.batch_size=8"]) == 0
-    return {"mllm": tmp / "outputs/story_sft/toy_story/ev", "detok": tmp / "outputs/detokenizer/toy/ev",
-            "data": story_root, "tmp": tmp}
+def story_runs(runs, tmp_path_factory):
+    """test_story_generate's tiny story_sft run (30 steps on long toy stories: enough that greedy decoding
+    goes on past the opening) and detokenizer run (2 steps), and a folder for this module's outputs."""
+    return {**runs, "tmp": tmp_path_factory.mktemp("story_eval")}
 
 
 def protocol_overrides(story_runs, seed_stack):
@@ -101,7 +85,7 @@ def test_eval_sh_generates_and_scores_stories_beat_by_beat(evaluated, story_runs
     assert page.index("table class='metrics'") < page.index("table class='beats'")
     for line in lines:
         for k, text in enumerate(line["captions"]):
-            row = page[page.index(f"alt='{line['id']} beat {k}'"):]
+            row = page[page.index(f"alt='{line['id']} beat {k}, generated'"):]
             row = row[:row.index("</tr>")]
             assert f"<td class='text'>{_escaped(text)}</td>" in row  # the generated text, beside its frame
             assert f"<td class='text'>{_escaped(truth[line['id']]['captions'][k])}</td>" in row  # ground truth
