@@ -1,5 +1,12 @@
 #!/usr/bin/env bash
-# Evaluate StoryGPT-V on the test split under configs/eval/DATASET.yaml.
+# Evaluate StoryGPT-V or SEED-Story on the test split under configs/eval/DATASET.yaml; the task in the
+# first run's config.yaml says which.
+#   bash eval.sh DATASET MLLM_RUN DETOKENIZER_RUN [protocol key=value ...]
+#       SEED-Story (the first run is story_sft or story_adapt; the two runs in either order): the MLLM
+#       writes the stories from the split's openings, the de-tokenizer draws them (scripts/eval_story.sh,
+#       settings in the protocol's `story:` section); FID / CLIP against the ground-truth frames of the
+#       same beats, the toy metrics on toy_story, the judge when configured (eval/README.md, "Evaluating
+#       stories"). Writes MLLM_RUN/eval/{samples,metrics.json,report.html} (EVAL_OUT=DIR moves them).
 #   bash eval.sh DATASET STAGE1_CKPT [protocol key=value ...]
 #       stage 1 (Char-LDM or the baseline LDM) on the original captions: scripts/eval.sh
 #       (CAPTIONS=captions_coref: on the co-reference captions, the "Char-LDM fed pronouns" row)
@@ -9,10 +16,15 @@
 # The report names the captions the frames were drawn from and scores the pronoun frames on their own.
 set -euo pipefail
 if [ $# -lt 2 ]; then
-  echo "usage: bash eval.sh DATASET STAGE1_CKPT [STAGE2_CKPT] [protocol key=value ...]" >&2
+  echo "usage: bash eval.sh DATASET STAGE1_CKPT [STAGE2_CKPT] [protocol key=value ...]  (StoryGPT-V), or" >&2
+  echo "       bash eval.sh DATASET MLLM_RUN DETOKENIZER_RUN [protocol key=value ...]  (SEED-Story)" >&2
   exit 2
 fi
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+source "$HERE/scripts/_env.sh"  # run_task; paths are relative to the repository root, as in every script
+case "$(run_task "$2")" in
+  story_sft|story_adapt) exec bash "$HERE/scripts/eval_story.sh" "$@" ;;
+esac
 if [ $# -lt 3 ] || [[ "$3" == *=* ]]; then
   exec bash "$HERE/scripts/eval.sh" "$@"
 fi

@@ -54,13 +54,16 @@ def text_embeddings(clip, texts, device, batch_size):
     return torch.cat(outputs).cpu()
 
 
-def clip_frame_scores(clip, generated, captions, ground_truth, device, batch_size):
-    """Per frame: {"clip_t2i", "clip_i2i", "clip_t2i_real"} lists (the last is T-I of the ground truth)."""
+def clip_frame_scores(clip, generated, captions, ground_truth, device, batch_size, real_captions=None):
+    """Per frame: {"clip_t2i", "clip_i2i", "clip_t2i_real"} lists (the last is T-I of the ground truth,
+    against real_captions when the generated frames had their own text, e.g. SEED-Story's stories)."""
     generated_embeddings = image_embeddings(clip, generated, device, batch_size)
     real_embeddings = image_embeddings(clip, ground_truth, device, batch_size)
     caption_embeddings = text_embeddings(clip, captions, device, batch_size)
+    real_caption_embeddings = (caption_embeddings if real_captions is None
+                               else text_embeddings(clip, real_captions, device, batch_size))
     return {
         "clip_t2i": (generated_embeddings * caption_embeddings).sum(-1).tolist(),
         "clip_i2i": (generated_embeddings * real_embeddings).sum(-1).tolist(),
-        "clip_t2i_real": (real_embeddings * caption_embeddings).sum(-1).tolist(),
+        "clip_t2i_real": (real_embeddings * real_caption_embeddings).sum(-1).tolist(),
     }

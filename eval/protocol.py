@@ -2,8 +2,15 @@
 
 The keys of configs/eval/base.yaml are the schema: a protocol or override naming any other key is an
 error naming that key and the file (or the override) it came from.
+
+    python -m eval.protocol configs/eval/toy_story.yaml [key=value ...] --generator-args
+
+prints the src.generate_story options of the protocol's `story:` section (scripts/eval_story.sh), so
+a story generation and its scoring read one file and the same overrides.
 """
+import argparse
 import copy
+import sys
 from pathlib import Path
 
 import yaml
@@ -11,6 +18,8 @@ import yaml
 from eval.stories_io import EvalInputError
 
 KNOWN_METRICS = ("fid", "classifier", "clip", "caption", "judge")
+STORY_MODES = ("story", "vis")
+CONTEXT_MODES = ("dense", "window", "sink", "multimodal_sink")  # src.models.story_cache's (eval never imports it)
 
 
 def _read_yaml(path):
@@ -125,6 +134,29 @@ def _validate(protocol, path):
                              f"not {protocol['classifier']['arch']!r}")
     if protocol["device"] not in ("auto", "cpu", "cuda"):
         raise EvalInputError(f"protocol {path}: key 'device' must be auto, cpu or cuda")
+    story = protocol["story"]
+    for key, choices in (("mode", STORY_MODES), ("context", CONTEXT_MODES)):
+        if story[key] not in choices:
+            raise EvalInputError(f"protocol {path}: key 'story.{key}' must be one of {', '.join(choices)}, "
+                                 f"not {story[key]!r}")
+    for key, least in (("given_beats", 0), ("beats", 1), ("window_images", 1), ("max_text_tokens", 1)):
+        if story[key] < least:
+            raise EvalInputError(f"protocol {path}: key 'story.{key}' must be at least {least}, not {story[key]}")
+    if story["num_stories"] is not None and (not isinstance(story["num_stories"], int) or story["num_stories"] < 1):
+        raise EvalInputError(f"protocol {path}: key 'story.num_stories' must be null or a positive integer, "
+                             f"not {story['num_stories']!r}")
+
+
+def generator_args(protocol):
+    """The src.generate_story options that draw the stories this protocol scores."""
+    story = protocol["story"]
+    args = ["--data-root", str(protocol["dataset"]), "--split", protocol["split"], "--seed", str(protocol["seed"]),
+            "--mode", story["mode"], "--beats", str(story["beats"]), "--context", story["context"],
+            "--window-images", str(story["window_images"]), "--temperature", str(story["temperature"]),
+            "--top-p", str(story["top_p"]), "--max-text-tokens", str(story["max_text_tokens"])]
+    if story["num_stories"] is not None:
+        args += ["--num-stories", str(story["num_stories"])]
+    return args
 
 
 def resolve_device(name):
@@ -132,3 +164,24 @@ def resolve_device(name):
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return torch.device(name)
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description="Check a protocol; print what a generator needs from it.")
+    parser.add_argument("protocol", help="configs/eval/<dataset>.yaml")
+    parser.add_argument("overrides", nargs="*", help="key=value protocol overrides")
+    parser.add_argument("--generator-args", action="store_true",
+                        help="print src.generate_story's options from the `story:` section, one per line")
+    args = parser.parse_args(argv)
+    protocol = load_protocol(args.protocol, args.overrides)
+    if "judge" in protocol["metrics"]:  # a judge without an endpoint or key fails now, not after generation
+        from eval.judge import JudgeClient
+        JudgeClient.from_protocol(protocol["judge"])
+    if args.generator_args:  # one per line: scripts/eval_story.sh reads them with mapfile
+        print("\n".join(generator_args(protocol)))
+    return 0
+
+
+if __name__ == "__main__":
+    from src.errors import run_entry
+    sys.exit(run_entry(main))

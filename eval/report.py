@@ -5,6 +5,10 @@
 Frames are embedded as base64 PNG so the page can be mailed or attached as one file. Small frames
 (the toy's 64 px) are upscaled by the browser with `image-rendering: pixelated`, large ones are
 shrunk to MAX_EMBED_SIDE before embedding to keep the page light.
+
+Multimodal stories (SEED-Story samples, eval/multimodal.py) are shown beat by beat, one row per beat:
+the generated frame with its generated text beside it, then the ground truth's frame and text; the
+given opening and the beats without a ground-truth counterpart are marked as not scored.
 """
 import argparse
 import base64
@@ -13,6 +17,7 @@ import io
 import json
 from pathlib import Path
 
+from eval.multimodal import is_story_samples
 from eval.stories_io import EvalInputError, load_frame, pair_with_ground_truth, read_samples, read_split
 
 MAX_EMBED_SIDE = 256
@@ -42,6 +47,16 @@ figcaption { font-size: 0.8em; line-height: 1.3; margin-top: 0.2em; }
 .summary { background: #fff; border-left: 4px solid #3a7; padding: 0.6em 1em; margin: 1em 0; }
 .plots { display: flex; gap: 1em; flex-wrap: wrap; margin-bottom: 1.5em; }
 .plots img { border: 1px solid #ddd; }
+table.beats { border-collapse: collapse; width: 100%%; }
+table.beats td, table.beats th { border-top: 1px solid #eee; padding: 0.3em 0.5em; vertical-align: top;
+                                 text-align: left; }
+table.beats th { font-size: 0.8em; color: #888; text-transform: uppercase; letter-spacing: 0.05em; }
+table.beats td.frame { width: %(side)dpx; }
+table.beats td.frame img { width: %(side)dpx; height: %(side)dpx; object-fit: contain;
+                           image-rendering: pixelated; border: 1px solid #ccc; background: #eee; }
+table.beats td.text { width: 30%%; font-size: 0.9em; line-height: 1.35; }
+table.beats td.beat { color: #666; font-size: 0.85em; white-space: nowrap; }
+tr.unscored td { background: #f6f6f6; }
 """ % {"side": DISPLAY_SIDE}
 
 
@@ -107,26 +122,60 @@ def _frames_row(label, root, story):
     return f"<div class='row-label'>{label}</div><div class='frames'>{''.join(figures)}</div>"
 
 
+def _beats_table(story, samples_dir, truth, data_root, given_beats):
+    """One row per beat: generated frame | generated text | ground-truth frame | ground-truth text."""
+    count = max(len(story["images"]), len(truth["images"]) if truth else 0)
+    rows = []
+    for k in range(count):
+        cells = []
+        for source, root, side in ((story, samples_dir, "generated"), (truth, data_root, "ground truth")):
+            if source is None:
+                continue
+            if k < len(source["images"]):
+                uri = _png_data_uri(load_frame(root, source["images"][k]))
+                cells.append(f"<td class='frame'><img src='{uri}' alt='{html.escape(source['id'])} beat {k}, {side}'></td>"
+                             f"<td class='text'>{html.escape(source['captions'][k])}</td>")
+            else:
+                cells.append("<td class='frame'></td><td class='text'>&mdash;</td>")
+        scored = truth is not None and given_beats <= k < min(len(story["images"]), len(truth["images"]))
+        label = "given" if k < given_beats else ("" if scored else "not scored")
+        rows.append(f"<tr class='{'' if scored else 'unscored'}'><td class='beat'>beat {k}"
+                    f"{'<br>' + label if label else ''}</td>{''.join(cells)}</tr>")
+    head = "<tr><th></th><th colspan='2'>generated: frame and text</th>"
+    head += "<th colspan='2'>ground truth</th></tr>" if truth is not None else "</tr>"
+    return f"<table class='beats'>{head}{''.join(rows)}</table>"
+
+
 def _story_scores(scores):
     parts = [f"{html.escape(name)}: {_format_value(value)}" for name, value in scores.items()]
     return f"<div class='scores'>{' &middot; '.join(parts)}</div>"
 
 
 def write_report(samples_dir, out_html, data_root=None, split=None, metrics=None, per_story=None,
-                 title="StoryViz evaluation report", summary=None, plots=None):
+                 title="StoryViz evaluation report", summary=None, plots=None, given_beats=1):
     """Write one HTML page for a samples folder and return its path.
 
     samples_dir: a samples folder (stories.jsonl + <id>/<k>.png). data_root + split: when given, the
-    ground-truth frames of each story are shown beneath the generated ones. metrics: {name: value or
-    {"value", "ceiling", "note"}}. per_story: {story id: {metric: value}} shown above each story.
+    ground-truth frames of each story are shown beneath the generated ones (multimodal stories: beside
+    them, beat by beat; given_beats: the leading beats the generator was given). metrics: {name: value
+    or {"value", "ceiling", "note"}}. per_story: {story id: {metric: value}} shown above each story.
     """
     samples_dir = Path(samples_dir)
     samples = read_samples(samples_dir)
+    generation_file = samples_dir / "generation.json"
+    multimodal = generation_file.is_file() and is_story_samples(json.loads(generation_file.read_text(encoding="utf-8")))
     if (data_root is None) != (split is None):
         raise EvalInputError("write_report: give both data_root and split, or neither")
     if data_root is not None:
         where = f"{Path(data_root) / (split + '.jsonl')}"
-        pairs = pair_with_ground_truth(samples, read_split(data_root, split), where)
+        truth_by_id = read_split(data_root, split)
+        if multimodal:  # a written story may be shorter or longer than its ground truth
+            missing = [story["id"] for story in samples if story["id"] not in truth_by_id]
+            if missing:
+                raise EvalInputError(f"story id {missing[0]!r} of the samples is not in {where}")
+            pairs = [(story, truth_by_id[story["id"]]) for story in samples]
+        else:
+            pairs = pair_with_ground_truth(samples, truth_by_id, where)
     else:
         pairs = [(story, None) for story in samples]
     per_story = per_story or {}
@@ -136,9 +185,12 @@ def write_report(samples_dir, out_html, data_root=None, split=None, metrics=None
         parts = [f"<h2>{html.escape(story['id'])}</h2>"]
         if story["id"] in per_story:
             parts.append(_story_scores(per_story[story["id"]]))
-        parts.append(_frames_row("generated", samples_dir, story))
-        if truth is not None:
-            parts.append(_frames_row("ground truth", data_root, truth))
+        if multimodal:
+            parts.append(_beats_table(story, samples_dir, truth, data_root, given_beats))
+        else:
+            parts.append(_frames_row("generated", samples_dir, story))
+            if truth is not None:
+                parts.append(_frames_row("ground truth", data_root, truth))
         sections.append(f"<div class='story'>{''.join(parts)}</div>")
 
     subtitle = f"{len(samples)} stories from {html.escape(str(samples_dir))}"

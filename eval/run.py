@@ -3,7 +3,8 @@
     python -m eval.run --samples DIR --protocol configs/eval/toy.yaml [--out DIR] [--compare DIR] [key=value ...]
 
 Generated frame k of story s is compared with ground-truth frame k of story s (same id): the real
-set is fixed by the data, never drawn at random. Torch is seeded from the protocol before every
+set is fixed by the data, never drawn at random. Multimodal stories (SEED-Story) are paired beat by
+beat, their given opening left out (eval/multimodal.py). Torch is seeded from the protocol before every
 metric, so two runs on the same machine write identical numbers.
 """
 import argparse
@@ -17,6 +18,7 @@ from eval import scoring
 from eval.classifier import frame_labels
 from eval.images import LazyFrames
 from eval.judge import JudgeClient, judge_pairwise, judge_scores
+from eval.multimodal import is_story_samples, judge_against_truth, pair_beats, text_labels
 from eval.protocol import load_protocol, resolve_device
 from eval.report import write_report
 from eval.stories_io import pair_with_ground_truth, read_meta, read_samples, read_split
@@ -53,8 +55,17 @@ def evaluate(samples_dir, protocol, compare_dir=None, log=print):
     """All of the protocol's metrics for a samples folder, as the dict written to metrics.json."""
     samples_dir, data_root, split = Path(samples_dir), Path(protocol["dataset"]), protocol["split"]
     meta = read_meta(data_root)
-    samples = read_samples(samples_dir, meta)
-    pairs = pair_with_ground_truth(samples, read_split(data_root, split), str(data_root / f"{split}.jsonl"))
+    generation_file = samples_dir / "generation.json"
+    generation = json.loads(generation_file.read_text(encoding="utf-8")) if generation_file.is_file() else None
+    multimodal = is_story_samples(generation)
+    # a written story has as many beats as its writer chose, not the dataset's frames_per_story
+    sample_meta = {**meta, "frames_per_story": None} if multimodal else meta
+    samples = read_samples(samples_dir, sample_meta)
+    truth_by_id, where = read_split(data_root, split), str(data_root / f"{split}.jsonl")
+    if multimodal:
+        pairs, beats = pair_beats(samples, truth_by_id, where, protocol["story"]["given_beats"])
+    else:
+        pairs = pair_with_ground_truth(samples, truth_by_id, where)
     generated = LazyFrames((samples_dir, path) for story, _ in pairs for path in story["images"])
     real = LazyFrames((data_root, path) for _, truth in pairs for path in truth["images"])
     captions = [caption for story, _ in pairs for caption in story["captions"]]
@@ -78,7 +89,9 @@ def evaluate(samples_dir, protocol, compare_dir=None, log=print):
         rows.update(new_rows)
         per_frame.update(frames)
         details["classifier"].update(counts)
-        pronoun = pronoun_frames(pairs)
+        if multimodal and protocol["story"]["text_labels"]:
+            rows.update(_text_label_rows(classifier_out, pairs, meta, len(config["backgrounds"]), per_frame))
+        pronoun = None if multimodal else pronoun_frames(pairs)
         if pronoun is not None and len(pronoun):  # co-reference: the frames whose caption names nobody, on their own
             subset = [tuple(None if t is None else t[pronoun] for t in out) for out in classifier_out]
             sub_rows, _, _ = scoring.score_classifier(*subset, [labels[i] for i in pronoun.tolist()],
@@ -93,7 +106,8 @@ def evaluate(samples_dir, protocol, compare_dir=None, log=print):
         rows.update(scoring.score_fid(protocol["fid"], generated, real, device, batch_size, features))
     if "clip" in names:
         torch.manual_seed(protocol["seed"])
-        new_rows, frames = scoring.score_clip(protocol["clip"], generated, real, captions, device, batch_size)
+        new_rows, frames = scoring.score_clip(protocol["clip"], generated, real, captions, device, batch_size,
+                                              dataset_captions if multimodal else None)
         rows.update(new_rows)
         per_frame.update(frames)
     if "caption" in names:
@@ -107,15 +121,22 @@ def evaluate(samples_dir, protocol, compare_dir=None, log=print):
     if "judge" in names:
         client = JudgeClient.from_protocol(protocol["judge"])
         max_frames = protocol["judge"]["max_frames"]
-        summary, judged = judge_scores(client, samples, samples_dir, max_frames)
-        for aspect, result in summary.items():
-            note = f"{result['missing']} of {result['scored'] + result['missing']} stories missing" if result["missing"] else ""
-            rows[f"Judge {aspect} (1-10)"] = {"value": result["mean"], "note": note}
+        if multimodal:  # generated vs ground truth: both scored, and compared in both A/B orders
+            new_rows, judged, details["judge"] = judge_against_truth(
+                client, samples, samples_dir, [truth_by_id[story["id"]] for story in samples], data_root, max_frames)
+            rows.update(new_rows)
             for story_id, scores in judged.items():
-                per_story[story_id][f"judge_{aspect}"] = scores[f"judge_{aspect}"]
-        details["judge"] = {"scores": summary}
+                per_story[story_id].update(scores)
+        else:
+            summary, judged = judge_scores(client, samples, samples_dir, max_frames)
+            for aspect, result in summary.items():
+                note = f"{result['missing']} of {result['scored'] + result['missing']} stories missing" if result["missing"] else ""
+                rows[f"Judge {aspect} (1-10)"] = {"value": result["mean"], "note": note}
+                for story_id, scores in judged.items():
+                    per_story[story_id][f"judge_{aspect}"] = scores[f"judge_{aspect}"]
+            details["judge"] = {"scores": summary}
         if compare_dir is not None:
-            others = read_samples(compare_dir, meta)
+            others = read_samples(compare_dir, sample_meta)
             votes = judge_pairwise(client, samples, samples_dir, others, Path(compare_dir), max_frames)
             for aspect, result in votes.items():
                 rows[f"Judge {aspect}: win / tie / loss vs {Path(compare_dir).name}"] = {
@@ -125,9 +146,14 @@ def evaluate(samples_dir, protocol, compare_dir=None, log=print):
             details["judge"]["pairwise"] = {"compared_with": str(compare_dir), "votes": votes}
         details["judge"]["failed_attempts"] = len(client.failures)
 
-    generation_file = samples_dir / "generation.json"
-    generation = json.loads(generation_file.read_text(encoding="utf-8")) if generation_file.is_file() else None
-    if generation is not None and "caption_field" in generation:
+    if multimodal:
+        details["beats"] = beats
+        given = protocol["story"]["given_beats"]
+        rows = {"Story generation": {"value": f"{generation.get('mode', '?')} mode", "ceiling": None,
+                                     "note": f"{generation.get('beats', '?')} beats asked, context "
+                                             f"{generation.get('context', '?')}; beats {given}.. scored against "
+                                             f"the same beats of the ground truth ({given} given)"}, **rows}
+    elif generation is not None and "caption_field" in generation:
         field = generation["caption_field"]
         note = ("co-reference captions: later mentions of a character are pronouns" if field == "captions_coref"
                 else "the original captions: every character named")
@@ -138,6 +164,24 @@ def evaluate(samples_dir, protocol, compare_dir=None, log=print):
         "generation": generation,
         "metrics": rows, "details": details, "per_story": per_story,
     }
+
+
+def _text_label_rows(classifier_out, pairs, meta, num_backgrounds, per_frame):
+    """Char/BG rows of frames against what their own text names (eval/multimodal.py, text_labels);
+    the ceiling: the real frames against the ground-truth text."""
+    generated, real = classifier_out
+    own = text_labels([text for story, _ in pairs for text in story["captions"]], meta)
+    truth = text_labels([text for _, story in pairs for text in story["captions"]], meta)
+    gen_rows, frames, _ = scoring.score_classifier(generated, generated, own, num_backgrounds)
+    real_rows, _, _ = scoring.score_classifier(real, real, truth, num_backgrounds)
+    per_frame["char_acc_vs_text"] = frames["char_acc"]
+    rows = {}
+    for name, row in gen_rows.items():
+        row["ceiling"] = real_rows.get(name, {}).get("value")
+        row["note"] = "against the characters / place named in the frame's own text" + (
+            f"; {row['note']}" if row.get("note") else "")
+        rows[name.replace(" (%)", " vs its text (%)")] = row
+    return rows
 
 
 HEADLINE = ("Char-Acc (%)", "Char-F1 (%)", "BG-Acc (%)", "BG-F1 (%)")
@@ -194,7 +238,8 @@ def main(argv=None):
                                split=protocol["split"], metrics=results["metrics"],
                                per_story=results["per_story"],
                                title=f"StoryViz evaluation: {Path(args.protocol).stem} protocol",
-                               summary=summary_lines(results, run), plots=plots)
+                               summary=summary_lines(results, run), plots=plots,
+                               given_beats=protocol["story"]["given_beats"])
     print(f"wrote {metrics_path}")
     print(f"wrote {report_path}")
 

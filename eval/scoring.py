@@ -88,9 +88,11 @@ def score_fid(section, generated, real, device, batch_size, classifier_features=
     return {name: _row(frechet_distance(*features))}
 
 
-def score_clip(section, generated, real, captions, device, batch_size):
+def score_clip(section, generated, real, captions, device, batch_size, real_captions=None):
+    """CLIP T-I (frame vs the text it was made from or written with; ceiling: the real frame vs
+    real_captions, default the same text) and CLIP I-I (frame vs its ground-truth frame)."""
     clip = load_clip(section["model"], device)
-    per_frame = clip_frame_scores(clip, generated, captions, real, device, batch_size)
+    per_frame = clip_frame_scores(clip, generated, captions, real, device, batch_size, real_captions)
     note = NOT_MEANINGFUL if section["not_meaningful"] else ""
     mean = lambda values: sum(values) / len(values)  # noqa: E731
     rows = {"CLIP T-I": _row(mean(per_frame["clip_t2i"]), mean(per_frame["clip_t2i_real"]), note),

@@ -37,6 +37,18 @@ ensure_venv() {  # ensure_venv REQUIREMENTS_FILE...
   export VIRTUAL_ENV="$VENV"
 }
 
+# run_task RUN: the `task:` of a run folder's config.yaml (RUN: the run folder, a checkpoint folder inside
+# it, or its best/ folder); empty when there is none. eval.sh dispatches on it.
+run_task() {
+  local dir="${1%/}" file
+  for file in "$dir/config.yaml" "$dir/../../config.yaml" "$dir/../config.yaml"; do
+    if [ -f "$file" ]; then
+      sed -n "s/^task: *['\"]\{0,1\}\([A-Za-z0-9_]*\).*/\1/p" "$file" | head -n1
+      return 0
+    fi
+  done
+}
+
 has_gpu() {
   command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1
 }
