@@ -137,6 +137,15 @@ def test_bad_run_folders_are_one_line_errors(upstream, overrides, tmp_path, caps
     assert "model.detokenizer_run" in line and "key 'task' is 'story_sft'" in line
 
 
+def test_generation_finds_the_detokenizer_in_the_runs(upstream):
+    from src.generate_story import resolve_runs
+
+    mllm, _, detok, dcfg, _ = resolve_runs(upstream["sft"], None)  # the SFT run's model.detokenizer_run
+    assert (mllm, detok, dcfg.task) == (upstream["sft"], upstream["detok"], "detokenizer")
+    with pytest.raises(ValueError, match="--mllm: required unless --detokenizer is a story_adapt run"):
+        resolve_runs(None, upstream["detok"])
+
+
 def test_loss_falls_on_a_tiny_batch(overrides):
     from src.train import main
 
