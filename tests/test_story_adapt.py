@@ -189,3 +189,18 @@ def test_a_resumed_run_matches_and_generation_draws_with_the_adapted_detokenizer
     assert info["detokenizer_checkpoint"].endswith("straight/checkpoints/step_000004/trainable.safetensors")
     assert info["mllm_checkpoint"].endswith("up/checkpoints/step_000010/trainable.safetensors")
     assert info["stories"][0]["beats"] == 3
+
+
+def test_a_run_is_rebuilt_only_from_the_upstream_checkpoint_it_was_trained_from(upstream, overrides, tmp_path, capsys):
+    from src.errors import run_entry
+    from src.train import main
+
+    sft = tmp_path / "sft_copy"
+    shutil.copytree(upstream["sft"], sft)
+    run = overrides + [f"model.sft_run={sft}", "run_name=pinned", "train.max_steps=1", "train.checkpoint_every=1"]
+    assert main(["--config", RECIPE, *run]) == 0
+    weights = sft / "checkpoints/step_000010/trainable.safetensors"
+    weights.write_bytes(weights.read_bytes())  # the SFT run's latest weights are now another file
+    assert run_entry(main, ["--config", RECIPE, *run, "train.max_steps=2", "train.resume=latest"]) == 2
+    lines = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error:")]
+    assert len(lines) == 1 and "key 'model.sft_run'" in lines[0] and "upstream.json" in lines[0], lines

@@ -159,11 +159,17 @@ class StoryAdaptTask(Task):
         c = self.cfg
         return Path(c.output_root) / c.stage / c.data.name / c.run_name / UPSTREAM_FILE
 
+    def has_checkpoints(self) -> bool:
+        from src.engine.checkpoint import list_checkpoints
+
+        return bool(list_checkpoints(self.upstream_path().parent / "checkpoints"))
+
     def check_upstream(self) -> None:
-        """A run that recorded its upstream checkpoints (its first training session) is rebuilt (resume,
-        generation) from exactly those: `latest` moving on in an upstream run is an error naming the key."""
+        """A run that recorded its upstream checkpoints (its first training session) and saved weights is
+        rebuilt (resume, generation) from exactly those: `latest` moving on in an upstream run is an error
+        naming the key. (A folder without checkpoints starts afresh: the record is rewritten.)"""
         path = self.upstream_path()
-        if not path.is_file():
+        if not path.is_file() or not self.has_checkpoints():
             return
         recorded = json.loads(path.read_text())
         for key, now in self.upstream.items():
@@ -175,7 +181,7 @@ class StoryAdaptTask(Task):
 
     def record_upstream(self) -> None:
         path = self.upstream_path()
-        if path.parent.is_dir() and not path.is_file():
+        if path.parent.is_dir() and not (path.is_file() and self.has_checkpoints()):
             tmp = path.with_name(f"{UPSTREAM_FILE}.tmp{os.getpid()}")
             tmp.write_text(json.dumps(self.upstream, indent=2))
             os.replace(tmp, path)
