@@ -7,7 +7,10 @@
 
 --mllm / --detokenizer are run folders (their latest checkpoint), `checkpoints/step_N` folders or
 `<run>/best`; each run's saved config.yaml rebuilds its task and its weights load strictly
-(src/tasks/from_checkpoint.py). Stories come from the MLLM run's data.root (or --data-root): story mode
+(src/tasks/from_checkpoint.py). --mllm is a story_sft run. --detokenizer is a detokenizer run (stage 1)
+or a story_adapt run (stage 3: the de-tokenizer adapted to an MLLM's features); without it, the MLLM
+run's `model.detokenizer_run` draws. Given a story_adapt run, --mllm may be left out: the MLLM is then
+the SFT run it was adapted to (its model.sft_run). Stories come from the MLLM run's data.root (or --data-root): story mode
 starts from each story's first frame and text and writes up to --beats beats; vis mode draws the frames
 of each story's captions (up to --beats). --temperature 0 decodes greedily. Writes the generated-story
 layout (docs/story_format.md, "Generated stories": stories.jsonl holds the generated text) and a
@@ -24,22 +27,37 @@ from src.models.story_cache import CONTEXT_MODES, SinkSettings
 from src.pipelines.seed_story import GEN_MODES, DecodeSettings
 
 
-def run_config(path: Path, task_name: str, flag: str):
-    """(config file, config) of a run of `task_name`; another task's run is an error naming the file."""
-    from src.config import load_config
-    from src.tasks.from_checkpoint import run_folder_of
+def resolve_runs(mllm, detokenizer) -> tuple:
+    """(MLLM run, its config, de-tokenizer run, its config, the SFT config the de-tokenizer's tokenizer is
+    read from) from the flags; every problem is one error naming the flag or key."""
+    from src.tasks.from_checkpoint import open_run
 
-    config = run_folder_of(path) / "config.yaml"
-    cfg = load_config(config)
-    if cfg.task != task_name:
-        raise ValueError(f"{config}: key 'task' is '{cfg.task}', {flag} needs a '{task_name}' run")
-    return config, cfg
+    dcfg = None
+    if detokenizer is not None:
+        dcfg = open_run(detokenizer, ("detokenizer", "story_adapt"), "--detokenizer")[2]
+    if mllm is None:
+        if dcfg is None or dcfg.task != "story_adapt":
+            raise ValueError("--mllm: required unless --detokenizer is a story_adapt run (which names its MLLM)")
+        mllm = Path(dcfg.model.sft_run)
+    mcfg = open_run(mllm, ("story_sft",), "--mllm")[2]
+    if detokenizer is None:
+        if mcfg.model.detokenizer_run is None:
+            raise ValueError(f"--detokenizer: not given, and the MLLM run ({mllm}) names no de-tokenizer "
+                             f"(its model.detokenizer_run)")
+        detokenizer = Path(mcfg.model.detokenizer_run)
+        dcfg = open_run(detokenizer, ("detokenizer",), f"{mllm}: key 'model.detokenizer_run'")[2]
+    tokenizer_cfg = dcfg
+    if dcfg.task == "story_adapt":  # its features are its SFT run's tokenizer's
+        tokenizer_cfg = open_run(dcfg.model.sft_run, ("story_sft",), f"{detokenizer}: key 'model.sft_run'")[2]
+    return Path(mllm), mcfg, Path(detokenizer), dcfg, tokenizer_cfg
 
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--mllm", required=True, type=Path, help="a story_sft run or checkpoint")
-    parser.add_argument("--detokenizer", required=True, type=Path, help="a detokenizer run or checkpoint")
+    parser.add_argument("--mllm", type=Path, default=None,
+                        help="a story_sft run or checkpoint (default: a story_adapt --detokenizer's model.sft_run)")
+    parser.add_argument("--detokenizer", type=Path, default=None,
+                        help="a detokenizer or story_adapt run or checkpoint (default: the MLLM run's model.detokenizer_run)")
     parser.add_argument("--out", required=True, type=Path)
     parser.add_argument("--split", default="test")
     parser.add_argument("--data-root", type=Path, default=None, help="default: the MLLM run's data.root")
@@ -63,29 +81,34 @@ def main(argv=None) -> int:
 
     from src.data.stories import read_split
     from src.pipelines.seed_story import generate_seed_stories
-    from src.tasks.from_checkpoint import load_task_from_checkpoint
+    from src.tasks.from_checkpoint import check_same_tokenizer, load_task_from_checkpoint, open_run, run_folder_of
 
-    # Every input is checked before a model is built: the two runs, the visual tokenizers, the stories.
-    mconfig, mcfg = run_config(args.mllm, "story_sft", "--mllm")
-    dconfig, dcfg = run_config(args.detokenizer, "detokenizer", "--detokenizer")
-    for key in ("tokenizer", "tokenizer_path"):  # the regressed features must be the de-tokenizer's kind
-        same = (Path(getattr(mcfg.model, key)).resolve() == Path(getattr(dcfg.model, key)).resolve()
-                if key == "tokenizer_path" else getattr(mcfg.model, key) == getattr(dcfg.model, key))
-        if not same:
-            raise ValueError(f"key 'model.{key}': the MLLM run has '{getattr(mcfg.model, key)}', the de-tokenizer "
-                             f"run '{getattr(dcfg.model, key)}'; both must use the same visual tokenizer")
+    # Every input is checked before a model is built: the runs, the visual tokenizers, the stories.
+    mllm_run, mcfg, detok_run, dcfg, tokenizer_cfg = resolve_runs(args.mllm, args.detokenizer)
+    check_same_tokenizer(mcfg, tokenizer_cfg, f"the MLLM run ({mllm_run})", f"the de-tokenizer run ({detok_run})")
     root = args.data_root or Path(mcfg.data.root)
     stories = read_split(root, args.split)[1][:args.num_stories or None]
-    mllm, _, mfile = load_task_from_checkpoint(args.mllm, args.weights)
-    detok, _, dfile = load_task_from_checkpoint(args.detokenizer, args.weights)
+    detok, _, dfile = load_task_from_checkpoint(detok_run, args.weights)
+    meta = {"detokenizer_task": dcfg.task}
+    if dcfg.task == "story_adapt":
+        adapted_to = detok.upstream["sft_run"]["checkpoint"]
+        meta["adapted_to_mllm"] = adapted_to
+        if open_run(mllm_run, ("story_sft",), "--mllm")[1].resolve() == Path(adapted_to).resolve():
+            mllm, mfile = detok.sft, Path(detok.upstream["sft_run"]["file"])  # the one it holds already
+        else:
+            print(f"note: the de-tokenizer was adapted to the MLLM at {adapted_to}, not {mllm_run}", file=sys.stderr)
+            mllm, _, mfile = load_task_from_checkpoint(mllm_run, args.weights)
+    else:
+        mllm, _, mfile = load_task_from_checkpoint(mllm_run, args.weights)
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     mllm.to(device).eval()
     detok.to(device).eval()
     sink = SinkSettings(window_images=args.window_images, first_tokens=args.first_tokens)
     decode = DecodeSettings(temperature=args.temperature, top_p=args.top_p, max_text_tokens=args.max_text_tokens,
                             seed=args.seed)
-    meta = {"mllm_checkpoint": str(mfile), "mllm_config": str(mconfig), "detokenizer_checkpoint": str(dfile),
-            "detokenizer_config": str(dconfig), "dataset_root": str(root), "split": args.split}
+    meta.update({"mllm_checkpoint": str(mfile), "mllm_config": str(run_folder_of(mllm_run) / "config.yaml"),
+                 "detokenizer_checkpoint": str(dfile), "detokenizer_config": str(run_folder_of(detok_run) / "config.yaml"),
+                 "dataset_root": str(root), "split": args.split})
     out = generate_seed_stories(mllm, detok, stories, root, args.out, args.mode, args.beats, args.context, sink,
                                 decode, meta)
     print(f"samples: {out}")

@@ -78,8 +78,11 @@ class Detokenizer(nn.Module):
     def forward(self, noisy_latents: torch.Tensor, timesteps: torch.Tensor, image_embeds: torch.Tensor,
                 time_ids: torch.Tensor) -> torch.Tensor:
         encoder_hidden_states, pooled = self.encode(image_embeds)
-        added = {"text_embeds": pooled, "time_ids": time_ids}
-        return self.unet(noisy_latents, timesteps, encoder_hidden_states, added_cond_kwargs=added).sample
+        # Inputs in the UNet's own dtype: a no-op under autocast (fp32 UNet); under DeepSpeed bf16 the whole
+        # UNet is bf16 and runs without autocast, so fp32 latents and time ids must be cast (as LDMTask.denoise).
+        dtype = self.unet.dtype
+        added = {"text_embeds": pooled.to(dtype), "time_ids": time_ids.to(dtype)}
+        return self.unet(noisy_latents.to(dtype), timesteps, encoder_hidden_states.to(dtype), added_cond_kwargs=added).sample
 
     def set_trainable(self, unet_mode: str) -> None:
         """The resampler always trains. The UNet: "full", "to_kv" (every attention's to_k/to_v, self- and

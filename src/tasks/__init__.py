@@ -11,6 +11,7 @@ TASKS = {
     "align": "src.tasks.align:AlignTask",
     "detokenizer": "src.tasks.detokenizer:DetokenizerTask",
     "story_sft": "src.tasks.story_sft:StorySFTTask",
+    "story_adapt": "src.tasks.story_adapt:StoryAdaptTask",
 }
 
 

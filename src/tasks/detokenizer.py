@@ -61,18 +61,32 @@ class DetokenizerModelConfig:
     gradient_checkpointing: bool = False
 
 
+def stored_frame_time_ids(path: Path, size: int) -> torch.Tensor:
+    """SDXL time ids [6] of a stored frame drawn at `size`: its (h, w) as original size, no crop (frames are
+    resized whole to the square training size), target (size, size)."""
+    with Image.open(path) as image:  # reads the header only
+        width, height = image.size
+    return torch.tensor(sdxl_time_ids((height, width), (0, 0), (size, size)), dtype=torch.float32)
+
+
+def sdxl_pipeline(vae, unet, pretrained: str, scheduler: str) -> StableDiffusionXLPipeline:
+    """SDXL's pipeline without its text encoders (the de-tokenizer gives prompt_embeds), with the sampler
+    `scheduler` built from the SDXL folder's scheduler config."""
+    base = DDPMScheduler.load_config(pretrained, subfolder="scheduler")
+    pipe = StableDiffusionXLPipeline(vae=vae, text_encoder=None, text_encoder_2=None, tokenizer=None,
+                                     tokenizer_2=None, unet=unet, scheduler=make_scheduler(scheduler, base))
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
 class DetokenizerFrames(FrameDataset):
-    """Frames with SDXL time ids: the stored frame's (h, w) as original size, no crop (frames are resized
-    whole to the square training size), target (S, S)."""
+    """Frames with SDXL time ids (stored_frame_time_ids)."""
 
     def __getitem__(self, i: int) -> dict:
         item = super().__getitem__(i)
         s, k = self.index[i]
-        path = resolve(self.data.root, self.stories[s].images[k])
-        with Image.open(path) as image:  # reads the header only
-            width, height = image.size
-        size = self.data.image_size
-        item["time_ids"] = torch.tensor(sdxl_time_ids((height, width), (0, 0), (size, size)), dtype=torch.float32)
+        item["time_ids"] = stored_frame_time_ids(resolve(self.data.root, self.stories[s].images[k]),
+                                                 self.data.image_size)
         return item
 
 
@@ -168,12 +182,7 @@ class DetokenizerTask(LDMTask):
 
     # ---- sampling: reconstructions -----------------------------------------------------------------
     def pipeline(self) -> StableDiffusionXLPipeline:
-        base = DDPMScheduler.load_config(self.cfg.model.pretrained, subfolder="scheduler")
-        pipe = StableDiffusionXLPipeline(vae=self.vae, text_encoder=None, text_encoder_2=None, tokenizer=None,
-                                         tokenizer_2=None, unet=self.detokenizer.unet,
-                                         scheduler=make_scheduler(self.cfg.sample.scheduler, base))
-        pipe.set_progress_bar_config(disable=True)
-        return pipe
+        return sdxl_pipeline(self.vae, self.detokenizer.unet, self.cfg.model.pretrained, self.cfg.sample.scheduler)
 
     @torch.no_grad()
     def sample(self, out_dir: Path, split: str, num_stories: Optional[int] = None, seed: Optional[int] = None,

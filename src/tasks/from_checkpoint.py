@@ -28,6 +28,30 @@ def resolve_run_checkpoint(checkpoint) -> tuple[Path, Path]:
     return run_dir, resolve_checkpoint(str(checkpoint), run_dir / "checkpoints")
 
 
+def open_run(path, task_names: tuple[str, ...], where: str):
+    """(run folder, checkpoint folder, config) of a run of one of `task_names`, given as a run folder (its
+    latest checkpoint), a checkpoint folder or <run>/best. Each problem is one error that names `where`
+    (a config key or a flag) and the path: no run there, no checkpoint yet, a run of another task."""
+    from src.config import load_config
+    from src.engine.checkpoint import list_checkpoints
+
+    try:
+        run_dir = run_folder_of(Path(path))
+    except FileNotFoundError as err:
+        raise FileNotFoundError(f"{where}: {err}") from None
+    config = run_dir / "config.yaml"
+    cfg = load_config(config)
+    if cfg.task not in task_names:
+        raise ValueError(f"{where}: {config}: key 'task' is '{cfg.task}', {where} needs a "
+                         f"{' or '.join(repr(t) for t in task_names)} run")
+    if Path(path).resolve() == run_dir and not list_checkpoints(run_dir / "checkpoints"):
+        raise FileNotFoundError(f"{where}: {run_dir} holds no complete checkpoint yet (no {run_dir}/checkpoints/step_*)")
+    try:
+        return run_dir, resolve_run_checkpoint(path)[1], cfg
+    except FileNotFoundError as err:
+        raise FileNotFoundError(f"{where}: {err}") from None
+
+
 def weights_file(ckpt: Path, weights: str = "auto") -> Path:
     """auto: the EMA weights when the run trained with EMA."""
     use_ema = weights == "ema" or (weights == "auto" and (ckpt / "ema.safetensors").is_file())
@@ -59,3 +83,14 @@ def load_task_from_checkpoint(checkpoint, weights: str = "auto", overrides=None)
         raise FileNotFoundError(f"{file}: not found")
     task.load_trainable_state_dict(load_file(str(file)), source=str(file))
     return task, cfg, file
+
+
+def check_same_tokenizer(mllm_cfg, detok_cfg, mllm_name: str, detok_name: str) -> None:
+    """The MLLM's regressed features must be the kind the de-tokenizer draws from: both runs' configs name
+    the same visual tokenizer (kind and weights file), or an error names the key and both runs."""
+    for key in ("tokenizer", "tokenizer_path"):
+        mine, theirs = getattr(mllm_cfg.model, key), getattr(detok_cfg.model, key)
+        same = Path(mine).resolve() == Path(theirs).resolve() if key == "tokenizer_path" else mine == theirs
+        if not same:
+            raise ValueError(f"key 'model.{key}': {mllm_name} has '{mine}', {detok_name} '{theirs}'; both must "
+                             f"use the same visual tokenizer")

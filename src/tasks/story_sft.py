@@ -69,12 +69,24 @@ class StorySFTModelConfig:
     regression_loss: str = "cosine"           # cosine (released) | mse (SEED-X 13B)
     gradient_checkpointing: bool = False
     val_stories: int = 0                      # validation: the first N val stories (0: all)
+    # The detokenizer run (stage 1) that draws this MLLM's regressed features. Stage 2 does not read it;
+    # stage 3 (story_adapt) starts from it and generation draws with it unless told otherwise.
+    detokenizer_run: Optional[str] = None
 
 
 SELECTION_MASKS = ("cmp_mask", "gen_mask", "targets")  # the sequence tensors that select positions
 CHOICES = {"llm_mode": ("frozen", "lora", "full"), "embeddings": EMBEDDINGS, "supervision": SUPERVISION,
            "context_beats": ("random", "all"), "regression_loss": REGRESSION_LOSSES,
            "llm_dtype": ("float32", "bfloat16", "float16")}
+
+
+def check_two_beats(jsonl: Path, stories: list) -> None:
+    """A stage-2 or stage-3 sample needs a context beat and a target beat: a shorter story is an error
+    naming its line."""
+    for story in stories:
+        if story.num_frames < 2:
+            raise StoryFormatError(jsonl, story.line, "images",
+                                   f"story '{story.id}' has {story.num_frames} beat; SEED-Story's stages 2 and 3 need at least 2")
 
 
 class StorySFTTask(Task):
@@ -118,10 +130,7 @@ class StorySFTTask(Task):
     # ---- data -------------------------------------------------------------------------------------
     def dataset(self, split: str) -> StoryDataset:
         data = StoryDataset(self.cfg.data.root, split, self.visual_tokenizer.image_size)
-        for story in data.stories:
-            if story.num_frames < 2:
-                raise StoryFormatError(data.data.jsonl, story.line, "images",
-                                       f"story '{story.id}' has {story.num_frames} beat; stage 2 needs at least 2")
+        check_two_beats(data.data.jsonl, data.stories)
         return data
 
     def train_dataset(self):
@@ -141,7 +150,10 @@ class StorySFTTask(Task):
                 for ids, last, sid in zip(batch["caption_ids"], lasts, batch["story_id"])]
         return seqs, sum(1 for s in seqs if s.first > 0)
 
-    def losses(self, batch: dict, seqs: list) -> dict:
+    def teacher_forced(self, batch: dict, seqs: list) -> dict:
+        """The MLLM's pass over fitted sequences (stage 2's step; stage 3 reads the regressed features).
+        Returns hidden [B,L,D], the padded sequence tensors `t`, the frozen tokenizer's features of the
+        target images in sequence order `target_features` [N_gen,Q,E] and `regressed` [N_gen,Q,E]."""
         device = batch["pixel_values"].device
         offsets = [0]
         for count in batch["num_beats"][:-1]:
@@ -157,15 +169,20 @@ class StorySFTTask(Task):
         t = {k: v.to(masks_on if k in SELECTION_MASKS else device) for k, v in pad_batch(seqs, self.special.eos).items()}
         hidden = self.mllm(t["input_ids"], features[[row[i] for i in inputs]], t["cmp_mask"], t["attention_mask"],
                            t["position_ids"])
+        return {"hidden": hidden, "t": t, "target_features": features[[row[i] for i in targets]],
+                "regressed": self.mllm.regress(hidden, t["gen_mask"])}
+
+    def losses(self, batch: dict, seqs: list) -> dict:
+        out = self.teacher_forced(batch, seqs)
+        hidden, t, regressed = out["hidden"], out["t"], out["regressed"]
         supervised = t["targets"] != -100
         logits = self.mllm.llm.logits_at(hidden[supervised])
-        ce = F.cross_entropy(logits.float(), t["targets"][supervised].to(device))
-        regressed = self.mllm.regress(hidden, t["gen_mask"])
-        regression = regression_loss(regressed, features[[row[i] for i in targets]], self.cfg.model.regression_loss)
+        ce = F.cross_entropy(logits.float(), t["targets"][supervised].to(hidden.device))
+        regression = regression_loss(regressed, out["target_features"], self.cfg.model.regression_loss)
         m = self.cfg.model
         return {"loss": m.ce_weight * ce + m.regression_weight * regression, "ce": ce.detach(),
                 m.regression_loss: regression.detach(), "tokens": t["valid"].sum().float() / len(seqs),
-                "images": torch.tensor(float(len(targets)))}
+                "images": torch.tensor(float(regressed.shape[0]))}
 
     def training_step(self, batch: dict) -> dict:
         m = self.cfg.model
