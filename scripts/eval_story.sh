@@ -3,7 +3,7 @@
 # configs/eval/DATASET.yaml (eval/README.md, "Evaluating stories"). Normally called by the root eval.sh.
 #   bash scripts/eval_story.sh DATASET MLLM_RUN DETOKENIZER_RUN [protocol key=value ...]
 # The two runs may come in either order (the story_sft run is the MLLM); the de-tokenizer is a
-# `detokenizer` run, or a stage-3 `story_adapt` run once src.generate_story accepts it.
+# `detokenizer` run or a stage-3 `story_adapt` run.
 # Generation settings (mode, beats, context, decoding, seed, split, dataset) are the protocol's `story:`
 # section and top-level keys, so the key=value overrides reach the generator and the scoring alike.
 # Writes RUN/eval/{samples_test,metrics.json,report.html} for the first run named (EVAL_OUT=DIR moves
