@@ -35,6 +35,7 @@ for arg in "$@"; do
   esac
 done
 ensure_venv requirements.txt
+export HF_HUB_DISABLE_PROGRESS_BARS=1  # transformers' "Loading weights" bars: one bar per stage is the engine's
 DETOK=outputs/detokenizer/toy/demo
 SFT=outputs/story_sft/toy_story/demo
 ADAPT=outputs/story_adapt/toy_story/demo
