@@ -22,7 +22,9 @@
 # + 20 s tiny ViT + 30 s frozen-feature cache of 8000 frames; stage 2 0.2 s x 600 = 2.0 min + 20 s for
 # data/toy_story and the tiny Llama + 3 validations; stage 3 0.58 s x 300 = 2.9 min + 3 validations; stage
 # 4 about 1 min with the classifier's 4 epochs (4 stories: 44 s); a fresh clone adds about 2 min for
-# data/toy and the tiny SD stack (its VAE build: 106 s, pretrained/tiny/stack.json). The guards (15 min
+# data/toy and the tiny SD stack (its VAE build: 106 s, pretrained/tiny/stack.json). The fixed costs
+# (start-up, cache, final validation and samples) came from this script with train.max_steps=20 and
+# EVAL_ARGS="story.num_stories=2", assets built: stages 47 / 13 / 24 s, stories 13 s. The guards (15 min
 # of training at most) keep the worst case near 20 minutes.
 source "$(dirname "$0")/_env.sh"
 for arg in "$@"; do
