@@ -95,12 +95,12 @@ def _metric_rows(metrics):
     return rows
 
 
-def _metrics_table(metrics):
+def _metrics_table(metrics, split="test"):
     rows = _metric_rows(metrics)
     has_ceiling = any(ceiling is not None for _, _, ceiling, _ in rows)
     has_notes = any(note for _, _, _, note in rows)
     head = "<tr><th>Metric</th><th>Generated</th>"
-    head += "<th>Real test frames (ceiling)</th>" if has_ceiling else ""
+    head += f"<th>Real {html.escape(split)} frames (ceiling)</th>" if has_ceiling else ""
     head += "<th>Note</th>" if has_notes else ""
     body = []
     for name, value, ceiling, note in rows:
@@ -201,7 +201,7 @@ def write_report(samples_dir, out_html, data_root=None, split=None, metrics=None
             f"<h1>{html.escape(title)}</h1><p class='sub'>{subtitle}</p>"
             + ("<div class='summary'>" + "<br>".join(html.escape(line) for line in summary) + "</div>"
                if summary else "")
-            + (_metrics_table(metrics) if metrics else "")
+            + (_metrics_table(metrics, split or "test") if metrics else "")
             + ("<div class='plots'>" + "".join(f"<img src='{_png_data_uri(plot, max_side=None)}' alt='plot'>"
                                                for plot in plots) + "</div>" if plots else "")
             + "".join(sections) + "</body></html>\n")

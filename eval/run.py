@@ -187,9 +187,10 @@ def _text_label_rows(classifier_out, pairs, meta, num_backgrounds, per_frame):
 HEADLINE = ("Char-Acc (%)", "Char-F1 (%)", "BG-Acc (%)", "BG-F1 (%)")
 
 
-def summary_lines(results, run=None):
-    """The report's opening lines: what was trained, what was scored, the headline against real frames."""
-    lines = [training_run.describe(run) + "."] if run else []
+def summary_lines(results, runs=()):
+    """The report's opening lines: what was trained (one line per run), what was scored, the headline
+    against real frames."""
+    lines = [training_run.describe(run) + "." for run in runs]
     generation = results["generation"] or {}
     sampler = f", sampler {generation['scheduler']} {generation.get('num_inference_steps', '?')} steps" \
         if "scheduler" in generation else ""
@@ -219,18 +220,23 @@ def main(argv=None):
     parser.add_argument("--protocol", required=True, help="configs/eval/<dataset>.yaml")
     parser.add_argument("--out", default=None, help="folder for metrics.json and report.html (default: --samples)")
     parser.add_argument("--compare", default=None, help="second samples folder for the pairwise judge")
-    parser.add_argument("--run", default=None, help="training run folder: the report opens with what was trained "
-                                                     "and plots its losses and periodic samples' metrics")
+    parser.add_argument("--run", action="append", default=[],
+                        help="training run folder: the report opens with what was trained and plots its losses and "
+                             "periodic samples' metrics; repeat it for a chain of runs (SEED-Story's stages)")
     parser.add_argument("overrides", nargs="*", help="key=value protocol overrides, e.g. fid.resize_to=64")
     args = parser.parse_args(argv)
     out_dir = Path(args.out or args.samples)
     protocol = load_protocol(args.protocol, args.overrides)
     log = lambda message: print(message, flush=True)  # noqa: E731
-    run = training_run.read_run(args.run) if args.run else None
+    runs = [training_run.read_run(run) for run in args.run]
     results = evaluate(args.samples, protocol, compare_dir=args.compare, log=log)
     plots = []
-    if run:
-        plots, results["training"] = training_plots(run, protocol, log)
+    if runs:
+        results["training"] = []
+        for run in runs:
+            run_plots, rows = training_plots(run, protocol, log)
+            plots += run_plots
+            results["training"] += [{"run": str(run["dir"]), **row} for row in rows]
     out_dir.mkdir(parents=True, exist_ok=True)
     metrics_path = out_dir / "metrics.json"
     metrics_path.write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
@@ -238,7 +244,7 @@ def main(argv=None):
                                split=protocol["split"], metrics=results["metrics"],
                                per_story=results["per_story"],
                                title=f"StoryViz evaluation: {Path(args.protocol).stem} protocol",
-                               summary=summary_lines(results, run), plots=plots,
+                               summary=summary_lines(results, runs), plots=plots,
                                given_beats=protocol["story"]["given_beats"])
     print(f"wrote {metrics_path}")
     print(f"wrote {report_path}")

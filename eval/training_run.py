@@ -17,6 +17,9 @@ from eval.plots import line_chart
 from eval.stories_io import EvalInputError
 
 LOSS_KEYS = ("train/mse", "train/attention")
+# The losses plotted per task (a config without `task:` is a stage-1 LDM / Char-LDM run).
+TASK_LOSS_KEYS = {"detokenizer": ("train/loss",), "story_sft": ("train/ce", "train/cosine"),
+                  "story_adapt": ("train/loss",)}
 
 
 def read_run(run_dir) -> dict:
@@ -48,25 +51,46 @@ def describe(run: dict) -> str:
     """One sentence: what was trained, on what, for how many steps and minutes."""
     config, summary = run["config"], run["summary"]
     model = config["model"]
-    what = "Char-LDM (StoryGPT-V stage 1)" if model.get("character_conditioning", False) else "baseline LDM"
+    what, source = _what_and_source(config.get("task"), model)
     return (f"{what} trained on {config['data']['name']} for {summary['final_step']} steps "
             f"({minutes_per_step(run) * summary['final_step']:.1f} min, batch {config['train']['batch_size']}, lr {config['optim']['lr']:g} "
-            f"{config['optim']['schedule']}) from {model['pretrained']}")
+            f"{config['optim']['schedule']}) from {source}")
+
+
+def _what_and_source(task, model: dict) -> tuple[str, str]:
+    """(what the run trained, what it started from), by the run's task."""
+    if task == "detokenizer":
+        return f"SEED-Story de-tokenizer (stage 1, UNet {model['train_unet']})", model["pretrained"]
+    if task == "story_sft":
+        return f"SEED-Story MLLM (stage 2 SFT, LLM {model['llm_mode']})", model["llm"]
+    if task == "story_adapt":
+        return (f"SEED-Story de-tokenizer adapted to the MLLM (stage 3, {model['trainable']})",
+                f"{model['sft_run']} and its de-tokenizer")
+    what = "Char-LDM (StoryGPT-V stage 1)" if model.get("character_conditioning", False) else "baseline LDM"
+    return what, model["pretrained"]
 
 
 def loss_chart(run: dict):
+    keys = TASK_LOSS_KEYS.get(run["config"].get("task"), LOSS_KEYS)
     series = {key.split("/", 1)[1]: [(row["step"], row[key]) for row in run["metrics"] if key in row]
-              for key in LOSS_KEYS}
+              for key in keys}
     series = {name: points for name, points in series.items() if points}
     if not series:
         return None
-    return line_chart(series, "training losses (metrics.jsonl)", "step", "loss")
+    task = run["config"].get("task")
+    title = f"{task} training losses ({run['dir'].name})" if task in TASK_LOSS_KEYS else "training losses (metrics.jsonl)"
+    return line_chart(series, title, "step", "loss")
 
 
 def periodic_scores(run: dict, protocol: dict, evaluate) -> list[dict]:
     """Char-Acc and BG-Acc of each samples/step_N folder, scored like the main samples (`evaluate` is
-    eval.run.evaluate with the classifier only, on the split the samples were drawn from)."""
+    eval.run.evaluate with the classifier only, on the split the samples were drawn from). A run trained on
+    another dataset than the protocol's (SEED-Story's stage 1 on data/toy, scored on data/toy_story) has
+    no periodic scores: its samples have no ground truth there."""
     rows = []
+    root = run["config"]["data"].get("root")
+    if root is not None and Path(root).resolve() != Path(protocol["dataset"]).resolve():
+        return rows
     for folder in sorted((run["dir"] / "samples").glob("step_*")):
         generation = folder / "generation.json"
         if not (folder / "stories.jsonl").is_file() or not generation.is_file():

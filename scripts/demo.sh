@@ -1,5 +1,8 @@
 #!/usr/bin/env bash
-# The toy demo, from nothing to a report (about 15 minutes on 2 CPU cores, the install included):
+# The toy demos, from nothing to a report:
+#   bash scripts/demo.sh [key=value ...]              StoryGPT-V (this file, below)
+#   bash scripts/demo.sh seed-story [key=value ...]   SEED-Story's three stages (scripts/demo_seed_story.sh)
+# The StoryGPT-V demo (about 15 minutes on 2 CPU cores, the install included):
 #   1. the virtual environment (.venv, re-installed only when requirements.txt changes),
 #   2. the toy dataset (data/toy) and the tiny pretrained stack (pretrained/tiny) if missing,
 #   3. stage-1 Char-LDM training with the toy recipe (configs/ldm/toy.yaml; resumed if interrupted),
@@ -9,6 +12,13 @@
 #   4. the test split's stories drawn with it, 5. the toy metrics and outputs/demo/report.html, which
 #      opens with a summary, the training losses and Char-Acc/BG-Acc of the periodic val samples.
 # Extra key=value arguments go to the training config (e.g. train.max_steps=300).
+if [ $# -gt 0 ] && [[ "$1" != *=* ]]; then
+  case "$1" in
+    seed-story) shift; exec bash "$(dirname "$0")/demo_seed_story.sh" "$@" ;;
+    *) echo "usage: bash scripts/demo.sh [seed-story] [key=value ...]  (no demo name: the StoryGPT-V demo; '$1' is not a demo)" >&2
+       exit 2 ;;
+  esac
+fi
 source "$(dirname "$0")/_env.sh"
 ensure_venv requirements.txt
 run=outputs/ldm/toy/demo

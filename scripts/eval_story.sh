@@ -7,7 +7,9 @@
 # Generation settings (mode, beats, context, decoding, seed, split, dataset) are the protocol's `story:`
 # section and top-level keys, so the key=value overrides reach the generator and the scoring alike.
 # Writes RUN/eval/{samples_test,metrics.json,report.html} for the first run named (EVAL_OUT=DIR moves
-# them); GENERATE_ARGS="--opt value ..." adds src.generate_story options (e.g. --device cuda).
+# them); GENERATE_ARGS="--opt value ..." adds src.generate_story options (e.g. --device cuda);
+# EVAL_RUNS="RUN ..." names training run folders the report opens with (eval.run --run: what was trained,
+# for how long, the loss curves), e.g. the three stages' runs in scripts/demo.sh seed-story.
 source "$(dirname "$0")/_env.sh"
 if [ $# -lt 3 ] || [[ "$3" == *=* ]]; then
   echo "usage: bash scripts/eval_story.sh DATASET MLLM_RUN DETOKENIZER_RUN [protocol key=value ...]" >&2
@@ -41,4 +43,8 @@ fi
 mkdir -p "$OUT"
 # shellcheck disable=SC2086
 python -m src.generate_story --mllm "$MLLM" --detokenizer "$DETOK" --out "$SAMPLES" "${GEN[@]}" ${GENERATE_ARGS:-}
-python -m eval.run --samples "$SAMPLES" --protocol "$PROTOCOL" --out "$OUT" "$@"
+RUN_ARGS=()
+for run in ${EVAL_RUNS:-}; do
+  RUN_ARGS+=(--run "$run")
+done
+python -m eval.run --samples "$SAMPLES" --protocol "$PROTOCOL" --out "$OUT" "${RUN_ARGS[@]}" "$@"

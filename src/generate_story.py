@@ -110,7 +110,7 @@ def main(argv=None) -> int:
                  "detokenizer_checkpoint": str(dfile), "detokenizer_config": str(run_folder_of(detok_run) / "config.yaml"),
                  "dataset_root": str(root), "split": args.split})
     out = generate_seed_stories(mllm, detok, stories, root, args.out, args.mode, args.beats, args.context, sink,
-                                decode, meta)
+                                decode, meta, progress=True)
     print(f"samples: {out}")
     return 0
 

@@ -210,11 +210,15 @@ def draw_features(detok_task, features: list[torch.Tensor], generators: list[tor
 
 @torch.no_grad()
 def generate_seed_stories(mllm_task, detok_task, stories, root, out_dir, mode: str, beats: int, context: str,
-                          sink: SinkSettings, decode: DecodeSettings, meta: Optional[dict] = None):
+                          sink: SinkSettings, decode: DecodeSettings, meta: Optional[dict] = None,
+                          progress: bool = False):
     """Write `stories` (their first frame and text; vis mode: all their captions, up to `beats`) with
     the story_sft task's MLLM and draw them with the detokenizer task, into the generated-story layout.
-    generation.json records `meta` (the checkpoints), the settings and each story's stats."""
+    generation.json records `meta` (the checkpoints), the settings and each story's stats; `progress`
+    shows a bar over the stories (the generation entry; a training run's periodic samples show none)."""
     from pathlib import Path
+
+    from tqdm.auto import tqdm
 
     from src.data.stories import Story, resolve
     from src.data.transforms import load_frame
@@ -228,7 +232,7 @@ def generate_seed_stories(mllm_task, detok_task, stories, root, out_dir, mode: s
     tokenizer = mllm_task.visual_tokenizer
     images, written, per_story = {}, [], []
     draw_seconds = 0.0
-    for i, story in enumerate(stories):
+    for i, story in enumerate(tqdm(stories, desc="writing stories", disable=not progress, dynamic_ncols=True)):
         frame = load_frame(resolve(root, story.images[0]), tokenizer.image_size)
         features = tokenizer(frame[None].to(writer.device))[0]
         count = min(beats, story.num_frames) if mode == "vis" else beats
