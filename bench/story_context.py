@@ -1,4 +1,4 @@
-"""SEED-Story's context modes on long stories: the paper's Table 2 in miniature (teardown §1).
+"""SEED-Story's context modes on long stories: the paper's Table 2 in miniature (docs/seed_story.md).
 
 `python -m bench.story_context --mllm outputs/story_sft/toy_story/default --detokenizer outputs/detokenizer/toy/default
    [--lengths 25 50] [--modes dense window sink multimodal_sink] [--stories 2] [--steps 25]

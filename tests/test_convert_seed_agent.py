@@ -2,7 +2,7 @@
 output resamplers) -> story_sft's trainable weights (src/tools/convert_seed_agent.py).
 
 The "release" here is built independently of the converter, at tiny size, the way SEED-Story builds its
-agent (teardown §1): the tiny Llama with its vocabulary resized to V+2+K, peft's LoRA with the recipe's
+agent (docs/seed_story.md): the tiny Llama with its vocabulary resized to V+2+K, peft's LoRA with the recipe's
 LoraConfig, embed_tokens / lm_head trained whole, two Qwen-VL Resamplers (same parameter names as
 QwenAttnPool), its state dict renamed to peft 0.4's names (no `base_layer`). The converted weights must
 load strictly into the tiny task and give the release's hidden states, logits and resampler outputs."""

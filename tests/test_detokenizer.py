@@ -98,7 +98,7 @@ def released_resampler_state(depth: int, dim: int, inner: int, mult: int) -> dic
 
 
 def released_forward(sd: dict, x: torch.Tensor, heads: int, depth: int):
-    """The released ResamplerXLV2 forward, written out step by step from its source (teardown §1)."""
+    """The released ResamplerXLV2 forward, written out step by step from its source (docs/seed_story.md)."""
     w = {k[len("resampler."):]: v for k, v in sd.items()}
     ln = lambda t, p: F.layer_norm(t, t.shape[-1:], w[p + ".weight"], w[p + ".bias"])  # noqa: E731
     x = F.linear(F.normalize(x), w["proj_in.weight"], w["proj_in.bias"])

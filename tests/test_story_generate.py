@@ -48,7 +48,7 @@ def filled(model, mode: str, beats: int, window: int = 2):
 
 
 def expected_kept(mode: str, beats: int, window: int = 2) -> list[int]:
-    """Stream indices each mode keeps after `beats` beats, from the release's ranges (teardown §1)."""
+    """Stream indices each mode keeps after `beats` beats, from the release's ranges (docs/seed_story.md)."""
     starts, index = [], 0
     for beat in range(beats):
         starts.append(index)

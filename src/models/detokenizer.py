@@ -38,7 +38,7 @@ def sdxl_time_ids(original_size: tuple[int, int], crop_top_left: tuple[int, int]
 def resize_crop_time_ids(original_size: tuple[int, int], resolution: int) -> list[int]:
     """Time ids of a frame resized so its shorter side is `resolution` and centre-cropped to a square
     (torchvision's Resize + CenterCrop). The released SEED-Story data code swaps h and w of the crop
-    offset (teardown: its size helper returns (h, w), the caller unpacks (w, h)); this does not."""
+    offset (the release: its size helper returns (h, w), the caller unpacks (w, h)); this does not."""
     height, width = original_size
     if height <= width:
         new_h, new_w = resolution, int(resolution * width / height)

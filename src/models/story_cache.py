@@ -1,4 +1,4 @@
-"""KV-cache policies for long stories (SEED-Story §3.3 "multimodal attention sink"; teardown §1).
+"""KV-cache policies for long stories (SEED-Story §3.3 "multimodal attention sink"; docs/seed_story.md).
 
 One transformers `DynamicCache` (transformers 5.x has no SinkCache: the cache is a list of layers
 holding `keys` / `values` [B,H,L,Dh], keys stored *after* RoPE) plus, for every cached token, where it
@@ -12,13 +12,13 @@ depends on the mode:
   multimodal_sink  the first tokens, and of each evicted beat its tokens at stream indices
                    [BOI-4, BOI+8) (4 text tokens, <img>, the first 7 image tokens) and [EOI-8, EOI+4)
                    (the last 8 image tokens, </img>; the 3 tokens after </img> belong to the next beat,
-                   which is still in the window): the release's `img_head_tail` ranges, teardown §1
+                   which is still in the window): the release's `img_head_tail` ranges, docs/seed_story.md
 
 Positions: the cache always holds positions 0..n-1 in order (StreamingLLM's "positions within the
 cache"). Evicting re-rotates every kept key from its old position p to its new one p': RoPE rotations
 compose, R(p') = R(p'-p) R(p), so rotating a cached (post-RoPE) key by p'-p gives exactly the key it
 would have had at p'. The next token then takes position n. So positions never exceed what the cache
-holds, however long the story (the release cached post-RoPE keys and never remapped them; teardown §1).
+holds, however long the story (the release cached post-RoPE keys and never remapped them; docs/seed_story.md).
 The rotation assumes Llama's RoPE layout (`rotate_half`, one inv_freq per pair, no position-dependent
 frequencies); attention scaling (llama3 / yarn `attention_scaling`) commutes with it.
 

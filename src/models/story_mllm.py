@@ -1,4 +1,4 @@
-"""SEED-Story's MLLM (SEED-Story §3.2; teardown §1): an LLM with image tokens, an input resampler that
+"""SEED-Story's MLLM (SEED-Story §3.2; docs/seed_story.md): an LLM with image tokens, an input resampler that
 splices visual-tokenizer features into the image positions, and an output resampler that regresses the
 next frame's features from the hidden states at the image positions.
 

@@ -47,7 +47,7 @@ class VisualTokenizer(nn.Module):
     @torch.no_grad()
     def empty_features(self, batch: int) -> torch.Tensor:
         """Features of an "empty" image, all zeros after normalisation: SEED-Story's negative condition
-        for classifier-free guidance (teardown §4) and this framework's dropped condition in training."""
+        for classifier-free guidance (docs/seed_story.md) and this framework's dropped condition in training."""
         return self.encode_pixels(torch.zeros(batch, 3, self.image_size, self.image_size, device=self.mean.device))
 
     def encode_pixels(self, pixels: torch.Tensor) -> torch.Tensor:

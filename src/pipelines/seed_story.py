@@ -1,9 +1,9 @@
-"""SEED-Story generation (SEED-Story §3.3; teardown §4): the stage-2 MLLM writes a story beat by beat,
+"""SEED-Story generation (SEED-Story §3.3; docs/seed_story.md): the stage-2 MLLM writes a story beat by beat,
 the de-tokenizer draws each beat's frame from the features the MLLM regressed.
 
 The context is a KV cache (src/models/story_cache.py): every token is computed once, and the
 `window` / `sink` / `multimodal_sink` modes evict old beats from the cache instead of re-filling the
-prompt each beat (the release re-fills it, and computes its sink only to discard it; teardown §1).
+prompt each beat (the release re-fills it, and computes its sink only to discard it; docs/seed_story.md).
 
 A beat in the cache is laid out as stage 2 trained it (src/data/story_sequence.py):
   [INST] text <img> [K input features] </img>
@@ -136,7 +136,7 @@ class StoryWriter:
         self._feed(self._embed(ids), beat, ["text"] * len(ids))
         while len(ids) - len(s.separator) < self.decode.max_text_tokens:
             logits = self.llm.logits_at(self.last_hidden[None])[0]
-            logits[self.banned] = float("-inf")  # the release sets them to 0.0 (teardown §1); never sampled here
+            logits[self.banned] = float("-inf")  # the release sets them to 0.0 (docs/seed_story.md); never sampled here
             logits[s.eos] = float("-inf")        # a beat's text ends with <img>; </s> only follows </img>
             token = pick_token(logits, self.decode, generator)
             if token == s.boi:

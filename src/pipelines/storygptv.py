@@ -1,4 +1,4 @@
-"""StoryGPT-V stage-2 story inference (paper §3.2; released eval_llm.py, teardown §1 "Inference").
+"""StoryGPT-V stage-2 story inference (paper §3.2; released eval_llm.py, docs/storygpt_v_stage2.md).
 
 Stories are drawn frame by frame from `data.caption_field` (the co-reference captions): for frame k the
 LLM reads the frames it has already *generated* (not the ground truth) and the captions so far, emits the

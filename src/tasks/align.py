@@ -1,4 +1,4 @@
-"""StoryGPT-V stage 2: align an LLM with Char-LDM (paper §3.2; storygpt-v-teardown.md §1 "Stage 2").
+"""StoryGPT-V stage 2: align an LLM with Char-LDM (paper §3.2; docs/storygpt_v_stage2.md).
 
 The LLM reads the story so far, the earlier frames as K soft tokens each and the earlier captions, then
 the current caption followed by R [IMG] tokens; the GILL mapper turns the [IMG] tokens' hidden states
@@ -91,7 +91,7 @@ CHOICES = {"llm_mode": ("frozen", "lora", "full"), "ce_tokens": ("img", "all"), 
 def story_prompt(captions: list[str], target: int, image_tokens: list, img_ids: list[int],
                  interleave: bool = True) -> list:
     """The interleaved prompt for `target` as pieces for LLMWithImageTokens.assemble: strings, the
-    soft tokens of frame i (`image_tokens[i]`) and the [IMG] ids (teardown §1, gill/data.py)."""
+    soft tokens of frame i (`image_tokens[i]`) and the [IMG] ids (docs/storygpt_v_stage2.md, gill/data.py)."""
     pieces = []
     for i in range(target):
         if interleave:

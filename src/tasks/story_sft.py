@@ -1,4 +1,4 @@
-"""SEED-Story stage 2: supervised fine-tuning of the MLLM on stories (SEED-Story §3.2; teardown §1-§3).
+"""SEED-Story stage 2: supervised fine-tuning of the MLLM on stories (SEED-Story §3.2; docs/seed_story.md).
 
 A sample is a story's beats 0..n+1 with n context beats drawn uniformly in 0..F-2 (`context_beats:
 random`, the release) or all beats (`all`). The sequence, its masks and labels: src/data/story_sequence.py.
@@ -38,7 +38,7 @@ from src.tasks.base import Task
 
 
 def released_lora() -> LoraSettings:
-    """SEED-Story's LoRA (teardown §1): r 16, alpha 32, dropout 0.05 on every projection; norms saved."""
+    """SEED-Story's LoRA (docs/seed_story.md): r 16, alpha 32, dropout 0.05 on every projection; norms saved."""
     return LoraSettings(r=16, lora_alpha=32, lora_dropout=0.05,
                         target_modules=["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
                         modules_to_save=["input_layernorm", "post_attention_layernorm", "norm"])

@@ -7,7 +7,7 @@
 
 The release (SEED-Story-George, `seed_story/george_sft`, and the SEED-X-pretrained 7B agent it starts
 from, `seedx/checkpoint-30000`: the same layout) is the state dict of SEED-Story's `ContinuousLVLM`
-(teardown §1), written by DeepSpeed's zero_to_fp32 as one pytorch_model.bin:
+(docs/seed_story.md), written by DeepSpeed's zero_to_fp32 as one pytorch_model.bin:
 
   llm.base_model.model.*   Llama-2-7b inside a peft 0.4 LoRA model, vocabulary resized to V+66:
                            model.embed_tokens / lm_head [V+66,D] (trained whole), lora_A/lora_B.default,
