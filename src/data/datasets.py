@@ -12,9 +12,9 @@ from pathlib import Path
 import torch
 from torch.utils.data import Dataset
 
-from src.data.stories import Story, StoryFormatError, read_split, resolve
+from src.data.stories import Story, StoryFormatError, read_split
 from src.data.references import crop_reference
-from src.data.transforms import load_frame, load_mask
+from src.data.transforms import ImageFileError, load_mask, story_file, story_frame
 
 CAPTION_FIELDS = ("captions", "captions_coref")
 
@@ -64,7 +64,7 @@ class _SplitFrames:
         for name in names:
             char_labels[self.char_index[name]] = 1.0
         item = {
-            "pixel_values": load_frame(resolve(self.root, story.images[k]), self.image_size),
+            "pixel_values": story_frame(self.root, story, k, self.image_size),
             "caption": getattr(story, self.caption_field)[k],
             "caption_original": story.captions[k],
             "story_id": story.id,
@@ -85,11 +85,14 @@ class _SplitFrames:
         masks = torch.zeros(self.max_chars, height, width)
         if num_chars == 0:
             return masks
-        path = resolve(self.root, story.masks[k])
-        labels = load_mask(path, self.image_size)
-        if int(labels.max()) > num_chars:
-            raise StoryFormatError(path, None, None, f"mask has label {int(labels.max())} but story '{story.id}' "
-                                                     f"frame {k} has {num_chars} characters")
+        def read(path):
+            labels = load_mask(path, self.image_size)
+            if int(labels.max()) > num_chars:
+                raise ImageFileError(path, None, None, f"mask has label {int(labels.max())} but the frame has "
+                                                       f"{num_chars} characters")
+            return labels
+
+        labels = story_file(self.root, story, "masks", k, read)
         for i in range(num_chars):
             masks[i] = (labels == i + 1).float()
         return masks

@@ -44,7 +44,8 @@ class Story:
     masks: list[str | None] | None = None
     backgrounds: list[str | None] | None = None
     extra: dict[str, Any] = field(default_factory=dict)
-    line: int | None = None  # where the story was read from, for later error messages
+    line: int | None = None  # where the story was read from (1-based line of `source`), for later error messages
+    source: str | None = None  # the .jsonl file it was read from; None for a story built in code
 
     @property
     def num_frames(self) -> int:
@@ -194,7 +195,7 @@ class _LineChecker:
             self.fail("images", f"story has {num_frames} frames but meta.json says frames_per_story={fps}")
         self.relative_paths("images", images)
         captions = self.strings(obj, "captions", num_frames, allow_empty=True)
-        story = Story(id=obj["id"], images=images, captions=captions, line=self.line)
+        story = Story(id=obj["id"], images=images, captions=captions, line=self.line, source=str(self.path))
         if obj.get("captions_coref") is not None:
             story.captions_coref = self.strings(obj, "captions_coref", num_frames, allow_empty=True)
         if obj.get("characters") is not None:

@@ -1,5 +1,10 @@
 """Frame and mask loading: files on disk <-> tensors.
 
+Every dataset reads a story's files through `story_file` (frames: `story_frame`), so a missing or
+unreadable image or mask is one error naming the story line that referenced it, its id, the frame and the
+file (`train.jsonl:17: field 'images': story 's16' frame 2: .../f2.png: cannot read image: ...`), however
+late in a run the frame is first read.
+
 Shapes: H height, W width. Frames are FloatTensor [3, H, W] in [-1, 1] (the range the diffusion VAE
 expects); masks are LongTensor [H, W] label maps (0 background, i + 1 the i-th character of the frame).
 """
@@ -7,12 +12,20 @@ expects); masks are LongTensor [H, W] label maps (0 background, i + 1 the i-th c
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Callable, TypeVar
 
 import numpy as np
 import torch
 from PIL import Image
 
-from src.data.stories import StoryFormatError
+from src.data.stories import Story, StoryFormatError, resolve
+
+T = TypeVar("T")
+
+
+class ImageFileError(StoryFormatError):
+    """An image or mask file that cannot be decoded or does not hold what it must; names the file.
+    `story_file` turns it into an error naming the story line that referenced the file."""
 
 
 def _size_hw(size) -> tuple[int, int]:
@@ -22,16 +35,23 @@ def _size_hw(size) -> tuple[int, int]:
     return int(height), int(width)
 
 
-def _open(path) -> Image.Image:
+def _open(path, decode: bool = True) -> Image.Image:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"image file not found: {path}")
     try:
         image = Image.open(path)
-        image.load()  # decode now so a truncated file fails here, naming the file
+        if decode:
+            image.load()  # decode now so a truncated file fails here, naming the file
     except (OSError, SyntaxError, ValueError) as err:
-        raise StoryFormatError(path, None, None, f"cannot read image: {err}") from None
+        raise ImageFileError(path, None, None, f"cannot read image: {err}") from None
     return image
+
+
+def image_size(path) -> tuple[int, int]:
+    """(height, width) of a stored image, from its header alone (no decoding)."""
+    with _open(path, decode=False) as image:
+        return image.height, image.width
 
 
 def load_frame(path, size) -> torch.Tensor:
@@ -53,11 +73,30 @@ def load_mask(path, size) -> torch.Tensor:
     height, width = _size_hw(size)
     image = _open(path)
     if image.mode not in ("L", "P"):
-        raise StoryFormatError(path, None, None,
-                               f"a mask must be an 8-bit single-channel PNG (mode L), got mode {image.mode}")
+        raise ImageFileError(path, None, None,
+                             f"a mask must be an 8-bit single-channel PNG (mode L), got mode {image.mode}")
     if image.size != (width, height):
         image = image.resize((width, height), Image.Resampling.NEAREST)
     return torch.from_numpy(np.asarray(image, dtype=np.int64).copy())
+
+
+def story_file(root, story: Story, key: str, k: int, read: Callable[[Path], T]) -> T:
+    """`read(path)` of frame k's file in `story`'s list `key` (images | masks), resolved under the dataset
+    folder `root`. A missing file, or one `read` finds unreadable (ImageFileError), is a StoryFormatError
+    naming the story's file and line, the field, the story id, the frame and the file."""
+    path = resolve(root, getattr(story, key)[k])
+    try:
+        return read(path)
+    except FileNotFoundError:
+        problem = f"missing file {path}"  # as read_stories(check_files=True) words it
+    except ImageFileError as err:
+        problem = str(err)  # "<file>: cannot read image: <why>"
+    raise StoryFormatError(story.source or path, story.line, key, f"story '{story.id}' frame {k}: {problem}")
+
+
+def story_frame(root, story: Story, k: int, size) -> torch.Tensor:
+    """load_frame of `story`'s frame k (story_file: a bad file names the story line)."""
+    return story_file(root, story, "images", k, lambda path: load_frame(path, size))
 
 
 def to_pil(tensor: torch.Tensor) -> Image.Image:

@@ -220,8 +220,8 @@ def generate_seed_stories(mllm_task, detok_task, stories, root, out_dir, mode: s
 
     from tqdm.auto import tqdm
 
-    from src.data.stories import Story, resolve
-    from src.data.transforms import load_frame
+    from src.data.stories import Story
+    from src.data.transforms import story_frame
     from src.pipelines.story_sampler import frame_generator, write_stories
 
     if mode not in GEN_MODES:
@@ -233,7 +233,7 @@ def generate_seed_stories(mllm_task, detok_task, stories, root, out_dir, mode: s
     images, written, per_story = {}, [], []
     draw_seconds = 0.0
     for i, story in enumerate(tqdm(stories, desc="writing stories", disable=not progress, dynamic_ncols=True)):
-        frame = load_frame(resolve(root, story.images[0]), tokenizer.image_size)
+        frame = story_frame(root, story, 0, tokenizer.image_size)
         features = tokenizer(frame[None].to(writer.device))[0]
         count = min(beats, story.num_frames) if mode == "vis" else beats
         result, stats = writer.write(story.captions[0], features, count,

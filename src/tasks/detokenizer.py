@@ -21,11 +21,10 @@ from typing import Optional
 
 import torch
 from diffusers import AutoencoderKL, DDPMScheduler, StableDiffusionXLPipeline, UNet2DConditionModel
-from PIL import Image
 
 from src.data.datasets import FrameDataset, collate_frames
-from src.data.stories import read_split, resolve
-from src.data.transforms import load_frame
+from src.data.stories import Story, read_split
+from src.data.transforms import image_size, story_file, story_frame
 from src.models.detokenizer import NUM_TIME_IDS, TRAINABLE_UNET, Detokenizer, load_detokenizer, sdxl_time_ids
 from src.models.pretrained import load_pretrained
 from src.models.resamplers import NORMALIZE_MODES, ResamplerXL
@@ -61,11 +60,10 @@ class DetokenizerModelConfig:
     gradient_checkpointing: bool = False
 
 
-def stored_frame_time_ids(path: Path, size: int) -> torch.Tensor:
-    """SDXL time ids [6] of a stored frame drawn at `size`: its (h, w) as original size, no crop (frames are
-    resized whole to the square training size), target (size, size)."""
-    with Image.open(path) as image:  # reads the header only
-        width, height = image.size
+def stored_frame_time_ids(root, story: Story, k: int, size: int) -> torch.Tensor:
+    """SDXL time ids [6] of `story`'s stored frame k drawn at `size`: its (h, w) as original size, no crop
+    (frames are resized whole to the square training size), target (size, size)."""
+    height, width = story_file(root, story, "images", k, image_size)  # the header only
     return torch.tensor(sdxl_time_ids((height, width), (0, 0), (size, size)), dtype=torch.float32)
 
 
@@ -85,8 +83,7 @@ class DetokenizerFrames(FrameDataset):
     def __getitem__(self, i: int) -> dict:
         item = super().__getitem__(i)
         s, k = self.index[i]
-        item["time_ids"] = stored_frame_time_ids(resolve(self.data.root, self.stories[s].images[k]),
-                                                 self.data.image_size)
+        item["time_ids"] = stored_frame_time_ids(self.data.root, self.stories[s], k, self.data.image_size)
         return item
 
 
@@ -199,7 +196,7 @@ class DetokenizerTask(LDMTask):
         images = {}
         for start in range(0, len(jobs), s.batch_size):
             chunk = jobs[start:start + s.batch_size]
-            frames = torch.stack([load_frame(resolve(root, stories[i].images[k]), size) for i, k in chunk])
+            frames = torch.stack([story_frame(root, stories[i], k, size) for i, k in chunk])
             states, pooled = self.detokenizer.encode(self.visual_tokenizer(frames.to(device)))
             n = len(chunk)
             drawn = pipe(prompt_embeds=states, pooled_prompt_embeds=pooled,

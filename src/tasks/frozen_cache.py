@@ -21,7 +21,7 @@ from diffusers.models.autoencoders.vae import DiagonalGaussianDistribution
 from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
-from src.data.stories import resolve
+from src.data.transforms import story_file
 
 CACHE_FILE = "frozen.safetensors"
 CACHE_VERSION = 1  # bump when what is stored changes
@@ -68,8 +68,8 @@ def data_digest(dataset) -> dict:
     data = dataset.data
     frames = []
     for story in data.stories:
-        for rel in story.images:
-            stat = resolve(data.root, rel).stat()
+        for k, rel in enumerate(story.images):
+            stat = story_file(data.root, story, "images", k, Path.stat)  # a missing frame names its story line
             frames.append(f"{rel}:{stat.st_size}:{stat.st_mtime_ns}")
     return {"meta": _sha((data.root / "meta.json").read_bytes()), "split": _sha(data.jsonl.read_bytes()),
             "frames": _sha("\n".join(frames).encode())}

@@ -39,8 +39,8 @@ from typing import Optional
 import torch
 from torch.utils.data import Dataset
 
-from src.data.stories import read_split, resolve
-from src.data.transforms import load_frame
+from src.data.stories import read_split
+from src.data.transforms import story_frame
 from src.tasks.base import Task
 from src.tasks.detokenizer import sdxl_pipeline, stored_frame_time_ids
 from src.tasks.story_sft import check_two_beats
@@ -81,12 +81,11 @@ class AdaptItems(Dataset):
     def __getitem__(self, i: int) -> dict:
         s, b = self.index[i]
         story = self.stories[s]
-        target = resolve(self.root, story.images[b])
-        return {"pixel_values": torch.stack([load_frame(resolve(self.root, path), self.tokenizer_size)
-                                             for path in story.images[:b + 1]]),
+        return {"pixel_values": torch.stack([story_frame(self.root, story, k, self.tokenizer_size)
+                                             for k in range(b + 1)]),
                 "captions": story.captions[:b + 1], "story_id": story.id,
-                "target_pixels": load_frame(target, self.image_size),
-                "time_ids": stored_frame_time_ids(target, self.image_size), "index": i}
+                "target_pixels": story_frame(self.root, story, b, self.image_size),
+                "time_ids": stored_frame_time_ids(self.root, story, b, self.image_size), "index": i}
 
 
 def file_stamp(path: Path) -> dict:
