@@ -26,10 +26,22 @@ ensure_venv() {  # ensure_venv REQUIREMENTS_FILE...
   done
   if [ ${#todo[@]} -gt 0 ]; then
     echo "installing ${todo[*]} into $VENV (once; a few minutes) ..."
-    "$VENV/bin/python" -m pip install -q --upgrade pip
-    local args=()
+    local args=() attempt
     for file in "${todo[@]}"; do args+=(-r "$file"); done
-    "$VENV/bin/python" -m pip install -q "${args[@]}"
+    # torch's CUDA dependencies are several GB from the registry: an interrupted download is retried
+    # (pip resumes a file up to --resume-retries times; a whole new attempt starts a stalled one afresh).
+    for attempt in 1 2 3 4; do
+      if "$VENV/bin/python" -m pip install -q --upgrade pip \
+         && "$VENV/bin/python" -m pip install -q --resume-retries 20 "${args[@]}"; then
+        break
+      fi
+      if [ "$attempt" = 4 ]; then
+        echo "error: pip could not install ${todo[*]} into $VENV after 4 attempts (see pip's message above)" >&2
+        exit 1
+      fi
+      echo "pip install failed (attempt $attempt of 4); retrying in $((attempt * 20)) s ..." >&2
+      sleep $((attempt * 20))
+    done
     mkdir -p "$stamps"
     for file in "${todo[@]}"; do touch "$stamps/$(sha256sum "$file" | cut -d' ' -f1)"; done
   fi
