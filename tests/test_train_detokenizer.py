@@ -43,6 +43,16 @@ def test_tiny_seed_pieces(seed_root):
     assert set(record["linear_probe_val"]) == {"char_set_acc", "bg_acc", "frames"}
 
 
+def test_a_tokenizer_from_another_recipe_is_kept_with_a_note(seed_root, toy_root, capsys):
+    from src.tools.tiny_seed import VIT_FILE, VIT_TRAIN, ensure_tiny_seed
+
+    before = (seed_root / VIT_FILE).stat().st_mtime_ns
+    ensure_tiny_seed(seed_root, toy_root)  # the recipe's call: the session's 30-step tokenizer is not its own
+    out = capsys.readouterr().out
+    assert f"this tokenizer trained 30 steps, the current recipe {VIT_TRAIN['steps']}" in out
+    assert (seed_root / VIT_FILE).stat().st_mtime_ns == before
+
+
 def test_loss_falls_and_reconstructions_are_written(detok_overrides):
     from src.train import main
 
