@@ -30,8 +30,9 @@ def scores(samples: Path, root: Path, protocol: str) -> dict:
     from eval.run import main as eval_main
 
     eval_main(["--samples", str(samples), "--protocol", protocol, f"dataset={root}", "metrics=[fid,classifier]"])
-    metrics = json.loads((samples / "metrics.json").read_text())["metrics"]
-    return {key: value for key, value in metrics.items() if isinstance(value, (int, float))}
+    metrics = json.loads((samples / "metrics.json").read_text())["metrics"]  # {name: {"value": ..., ...}}
+    wanted = ("Char-Acc (%)", "BG-Acc (%)", "Frechet distance (classifier features)")
+    return {name: metrics[name]["value"] for name in wanted}
 
 
 def main(argv=None) -> None:

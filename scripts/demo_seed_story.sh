@@ -10,8 +10,10 @@
 #   4. the MLLM writes 8 val stories from their openings, the adapted de-tokenizer draws them, and
 #      bash eval.sh toy_story scores them under configs/eval/toy_story.yaml with split=val (the demo never
 #      scores the test split) -> outputs/demo_seed_story/report.html, which opens with the three runs.
-# Each stage runs its recipe's own step count (1200 / 600 / 300) under a time guard (train.max_minutes
-# 7 / 3.5 / 4.5: a slower machine stops a stage early, its cosine schedule unfinished). A stage whose run
+# Stages 2 and 3 run their recipe's own step count (600 / 300); stage 1 runs 1200 of its recipe's 3600 steps
+# (which take about 11 minutes alone: the demo keeps its time, its de-tokenizer draws less sharply). Each
+# stage has a time guard (train.max_minutes 7 / 3.5 / 4.5: a slower machine stops a stage early, its
+# cosine schedule unfinished). A stage whose run
 # finished (summary.json) is kept; one that was interrupted continues from its latest checkpoint.
 # Extra key=value arguments go to all three trainings (e.g. train.max_steps=50); EVAL_ARGS="key=value ..."
 # adds protocol overrides to the evaluation (e.g. EVAL_ARGS="story.num_stories=2").
