@@ -12,7 +12,8 @@
 #       (CAPTIONS=captions_coref: on the co-reference captions, the "Char-LDM fed pronouns" row)
 #   bash eval.sh DATASET STAGE1_CKPT STAGE2_CKPT [protocol key=value ...]
 #       stage 2 on the co-reference captions: the LLM resolves the pronouns, Char-LDM draws (the seed's
-#       eval_llm.sh). Writes STAGE2_CKPT/eval/{samples_test,metrics.json,report.html} (EVAL_OUT=DIR moves them).
+#       eval_llm.sh). Writes STAGE2_CKPT/eval/{samples_test,metrics.json,report.html} (EVAL_OUT=DIR moves them;
+#       GENERATE_ARGS="key=value ..." reach src.generate, as in scripts/eval.sh).
 # The report names the captions the frames were drawn from and scores the pronoun frames on their own.
 set -euo pipefail
 if [ $# -lt 2 ]; then
@@ -35,6 +36,8 @@ if [ ! -d "$STAGE1" ]; then
   exit 2
 fi
 # The stage-2 run names its stage-1 run in its config; STAGE1 replaces it (the target cache's checkpoint
-# check refuses a stage-1 model the LLM was not aligned with).
+# check refuses a stage-1 model the LLM was not aligned with). The caller's GENERATE_ARGS (e.g.
+# sample.guidance_scale=3) are kept after it.
 STAGE1_ABS="$(cd "$STAGE1" && pwd)"
-CAPTIONS=captions_coref GENERATE_ARGS="model.stage1=$STAGE1_ABS" exec bash "$HERE/scripts/eval.sh" "$DATASET" "$STAGE2" "$@"
+CAPTIONS=captions_coref GENERATE_ARGS="model.stage1=$STAGE1_ABS ${GENERATE_ARGS:-}" \
+  exec bash "$HERE/scripts/eval.sh" "$DATASET" "$STAGE2" "$@"
