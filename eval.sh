@@ -12,7 +12,7 @@
 #       (CAPTIONS=captions_coref: on the co-reference captions, the "Char-LDM fed pronouns" row)
 #   bash eval.sh DATASET STAGE1_CKPT STAGE2_CKPT [protocol key=value ...]
 #       stage 2 on the co-reference captions: the LLM resolves the pronouns, Char-LDM draws (the seed's
-#       eval_llm.sh). Writes STAGE2_CKPT/eval/{samples_test,metrics.json,report.html} (EVAL_OUT=DIR moves them;
+#       eval_llm.sh). Writes STAGE2_CKPT/eval/{samples_<split>,metrics.json,report.html} (EVAL_OUT=DIR moves them;
 #       GENERATE_ARGS="key=value ..." reach src.generate, as in scripts/eval.sh).
 # The report names the captions the frames were drawn from and scores the pronoun frames on their own.
 set -euo pipefail

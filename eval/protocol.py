@@ -172,6 +172,8 @@ def main(argv=None):
     parser.add_argument("overrides", nargs="*", help="key=value protocol overrides")
     parser.add_argument("--generator-args", action="store_true",
                         help="print src.generate_story's options from the `story:` section, one per line")
+    parser.add_argument("--get", metavar="KEY", default=None,
+                        help="print one top-level value of the resolved protocol (scripts/eval.sh reads `split`)")
     args = parser.parse_args(argv)
     protocol = load_protocol(args.protocol, args.overrides)
     if "judge" in protocol["metrics"]:  # a judge without an endpoint or key fails now, not after generation
@@ -179,6 +181,10 @@ def main(argv=None):
         JudgeClient.from_protocol(protocol["judge"])
     if args.generator_args:  # one per line: scripts/eval_story.sh reads them with mapfile
         print("\n".join(generator_args(protocol)))
+    if args.get is not None:
+        if args.get not in protocol:
+            raise EvalInputError(f"protocol {args.protocol}: no key '{args.get}'")
+        print(protocol[args.get])
     return 0
 
 

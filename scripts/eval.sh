@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
-# Generate the test split of DATASET with a checkpoint, then score it under configs/eval/DATASET.yaml.
+# Generate a split of DATASET with a checkpoint (the protocol's `split`, test unless split=val is given),
+# then score it under configs/eval/DATASET.yaml.
 #   bash scripts/eval.sh DATASET CKPT [protocol key=value ...]
 # CKPT: a run folder (its latest checkpoint) or outputs/<stage>/<dataset>/<run>/checkpoints/step_NNNNNN.
-# Writes CKPT/eval/samples_test/ (the samples), CKPT/eval/metrics.json and CKPT/eval/report.html;
+# Writes CKPT/eval/samples_<split>/ (the samples), CKPT/eval/metrics.json and CKPT/eval/report.html;
 # EVAL_OUT=DIR writes them under DIR instead; CAPTIONS=captions_coref draws from the co-reference captions;
 # GENERATE_ARGS="key=value ..." are passed to src.generate.
 # Seed 0 throughout: a second run gives the same numbers.
@@ -24,13 +25,14 @@ if [ ! -d "$CKPT" ]; then
   exit 2
 fi
 OUT=${EVAL_OUT:-$CKPT/eval}
-SAMPLES=$OUT/samples_test
+ensure_venv requirements.txt
+SPLIT=$(python -m eval.protocol "$PROTOCOL" "$@" --get split)  # the protocol checked before any drawing
+SAMPLES=$OUT/samples_$SPLIT
 if [ -f "$SAMPLES/stories.jsonl" ]; then
   rm -r "$SAMPLES"  # a previous run's samples: regenerated from scratch
 fi
 mkdir -p "$OUT"
-ensure_venv requirements.txt
 # shellcheck disable=SC2086
-python -m src.generate --checkpoint "$CKPT" --split test --out "$SAMPLES" --seed 0 \
+python -m src.generate --checkpoint "$CKPT" --split "$SPLIT" --out "$SAMPLES" --seed 0 \
   ${CAPTIONS:+data.caption_field=$CAPTIONS} ${GENERATE_ARGS:-}
 python -m eval.run --samples "$SAMPLES" --protocol "$PROTOCOL" --out "$OUT" "$@"
