@@ -10,12 +10,19 @@ pipeline): beat 0 given, beats 1..L-1 written by the MLLM and drawn by the de-to
 the MLLM's seconds per beat (LLM only, the de-tokenizer's time is reported apart: it does not depend on
 the mode), the peak KV cache (tokens and MiB), the peak memory of the whole process (bench/common.py:
 CUDA allocation, or the CPU's resident set), and with --protocol the toy classifier's Char-Acc, BG-Acc
-and Frechet distance against the ground truth (eval.run with metrics fid and classifier).
+and Frechet distance against the ground truth (eval.run's evaluate with metrics fid and classifier).
+
+The judge is the classifier trained on the protocol's own dataset (data/toy for configs/eval/toy.yaml:
+the long stories are drawn by the same renderer with the same characters and backgrounds), named
+explicitly (`classifier.trained_on`) and never trained here: without it the bench stops, in one line,
+before drawing anything. The Frechet distance's reference set is the temporary stories' ground-truth
+frames; its features are that classifier's. `key=value` arguments override protocol keys (eval.run's).
 """
 from __future__ import annotations
 
 import argparse
 import json
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -25,12 +32,25 @@ import torch
 from bench.common import machine, peak_memory_gib, print_table, reset_peak
 
 
-def scores(samples: Path, root: Path, protocol: str) -> dict:
-    """Char-Acc, BG-Acc, Frechet distance of a samples folder (eval.run, classifier and fid only)."""
-    from eval.run import main as eval_main
+def scoring_protocol(path: str, overrides: list[str]) -> dict:
+    """The protocol that scores every mode: metrics fid and classifier, and the classifier trained on the
+    protocol's dataset (its `dataset`, or its `classifier.trained_on` when set), required to exist. Checked
+    now, so a missing classifier stops the bench before any story is drawn."""
+    from eval.protocol import load_protocol, resolve_device
+    from eval.train_classifier import classifier_data, ensure_classifier
 
-    eval_main(["--samples", str(samples), "--protocol", protocol, f"dataset={root}", "metrics=[fid,classifier]"])
-    metrics = json.loads((samples / "metrics.json").read_text())["metrics"]  # {name: {"value": ..., ...}}
+    reference = classifier_data(load_protocol(path, overrides))
+    protocol = load_protocol(path, [*overrides, f"classifier.trained_on={reference}",
+                                    "classifier.train_if_missing=false", "metrics=[fid,classifier]"])
+    ensure_classifier(protocol, resolve_device(protocol["device"]))
+    return protocol
+
+
+def scores(samples: Path, root: Path, protocol: dict) -> dict:
+    """Char-Acc, BG-Acc, Frechet distance of a samples folder against the ground truth in `root`."""
+    from eval.run import evaluate
+
+    metrics = evaluate(samples, {**protocol, "dataset": str(root)})["metrics"]  # {name: {"value": ..., ...}}
     wanted = ("Char-Acc (%)", "BG-Acc (%)", "Frechet distance (classifier features)")
     return {name: metrics[name]["value"] for name in wanted}
 
@@ -46,7 +66,11 @@ def main(argv=None) -> None:
     parser.add_argument("--steps", type=int, default=None, help="de-tokenizer sample.num_inference_steps")
     parser.add_argument("--protocol", default=None, help="an eval protocol with a trained classifier (toy.yaml)")
     parser.add_argument("--device", default=None)
+    parser.add_argument("overrides", nargs="*", help="key=value protocol overrides (with --protocol)")
     args = parser.parse_args(argv)
+    if args.overrides and not args.protocol:
+        parser.error(f"protocol overrides {args.overrides} given without --protocol")
+    protocol = scoring_protocol(args.protocol, args.overrides) if args.protocol else None
 
     from src.data.stories import read_split
     from src.data.toy import generate_toy_dataset
@@ -83,12 +107,16 @@ def main(argv=None) -> None:
                        "peak KV tokens": max(s["peak_cache_tokens"] for s in per),
                        "peak KV MiB": f"{max(s['peak_cache_bytes'] for s in per) / 2**20:.2f}",
                        f"peak mem GiB ({kind})": f"{peak:.2f}"}
-                if args.protocol:
-                    row.update({k: f"{v:.3f}" for k, v in scores(out, root, args.protocol).items()})
+                if protocol is not None:
+                    row.update({k: f"{v:.3f}" for k, v in scores(out, root, protocol).items()})
                 rows.append(row)
-    print(f"{machine()}; mllm {args.mllm}; detokenizer {args.detokenizer}; window {args.window_images} images")
+    judge = "" if protocol is None else (f"; scored by the classifier in {protocol['classifier']['dir']} (trained "
+                                         f"on {protocol['classifier']['trained_on']})")
+    print(f"{machine()}; mllm {args.mllm}; detokenizer {args.detokenizer}; window {args.window_images} images{judge}")
     print_table(rows, list(dict.fromkeys(k for r in rows for k in r)))
 
 
 if __name__ == "__main__":
-    main()
+    from src.errors import run_entry
+
+    sys.exit(run_entry(main))

@@ -81,7 +81,8 @@ def evaluate(samples_dir, protocol, compare_dir=None, log=print):
         classifier_out = [scoring.classifier_outputs(model, frames, config["input_size"], device, batch_size)
                           for frames in (generated, real)]
         details["classifier"] = {"dir": protocol["classifier"]["dir"], "arch": config["arch"],
-                                 "best_epoch": config["best_epoch"], "fingerprint": config["fingerprint"]}
+                                 "best_epoch": config["best_epoch"], "fingerprint": config["fingerprint"],
+                                 "trained_on": config["data_root"]}
     if "classifier" in names:
         where = str(data_root / f"{split}.jsonl")
         labels = [label for _, truth in pairs for label in frame_labels(truth, meta, where)]

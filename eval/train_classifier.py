@@ -6,6 +6,9 @@ Validation picks the best epoch; the test split is never opened (StoryGPT-V's de
 train+val+test ids, docs/storygpt_v.md). The folder written holds model.safetensors, config.json (the
 settings and a fingerprint of the data it was trained on) and split_ids.json (every id it saw), and
 is reused by eval.run while the fingerprint matches.
+The data is the protocol's `dataset`, or `classifier.trained_on` when set: a classifier trained on one
+dataset then judges another drawn with the same characters and backgrounds (bench/story_context.py
+scores temporary long toy stories with data/toy's classifier).
 
 Shapes: B frames, 3 x S x S pixels, C characters, G backgrounds.
 """
@@ -148,24 +151,42 @@ def train_classifier(data_root, out_dir, arch, input_size, epochs, lr, batch_siz
     return config
 
 
+def classifier_data(protocol):
+    """The dataset folder whose train split the protocol's classifier learns: classifier.trained_on, else
+    the dataset scored."""
+    return protocol["classifier"]["trained_on"] or protocol["dataset"]
+
+
 def ensure_classifier(protocol, device, log=print):
-    """The protocol's classifier (model, config): reused when its fingerprint matches, else trained
-    when classifier.train_if_missing is true, else an error naming the command that trains it."""
+    """The protocol's classifier (model, config): reused when its fingerprint matches the data it is
+    trained on (classifier_data), else trained when classifier.train_if_missing is true, else an error
+    naming the folder and the command that trains it. The classifier must know the characters and
+    backgrounds of the dataset scored, in its order (its labels are read from that meta.json)."""
     section = protocol["classifier"]
     if not section["dir"]:
         raise EvalInputError(f"protocol {protocol['protocol_file']}: key 'classifier.dir' is not set")
     settings = {key: section[key] for key in TRAINING_KEYS}
-    fingerprint = data_fingerprint(protocol["dataset"], settings)
+    trained_on = classifier_data(protocol)
+    fingerprint = data_fingerprint(trained_on, settings)
     saved = read_classifier_config(section["dir"])
     if saved is None or saved.get("fingerprint") != fingerprint:
         if not section["train_if_missing"]:
             state = "no classifier" if saved is None else "a classifier trained on other data or settings"
+            data = f"classifier.trained_on={trained_on}" if section["trained_on"] else f"dataset={trained_on}"
             raise EvalInputError(f"{section['dir']} holds {state}; train it with `python -m eval.train_classifier "
-                                 f"--protocol {protocol['protocol_file']}` (train split only)")
-        log(f"training the {section['arch']} classifier into {section['dir']} (cached for later runs)")
-        train_classifier(protocol["dataset"], section["dir"], device=device, log=log,
+                                 f"--protocol {protocol['protocol_file']} classifier.dir={section['dir']} {data}` "
+                                 f"(train split of {trained_on} only; repeat any other classifier.* overrides)")
+        log(f"training the {section['arch']} classifier on {trained_on} into {section['dir']} (cached for later runs)")
+        train_classifier(trained_on, section["dir"], device=device, log=log,
                          imagenet_weights=section["imagenet_weights"], **settings)
-    return load_classifier(section["dir"])
+    model, config = load_classifier(section["dir"])
+    meta = read_meta(protocol["dataset"])
+    labels = ([c["name"] for c in meta["characters"]], list(meta.get("backgrounds") or []))
+    if (config["characters"], config["backgrounds"]) != labels:
+        raise EvalInputError(f"{section['dir']}: the classifier trained on {config['data_root']} knows characters "
+                             f"{config['characters']} and backgrounds {config['backgrounds']}, but "
+                             f"{Path(protocol['dataset']) / 'meta.json'} lists {labels[0]} and {labels[1]}")
+    return model, config
 
 
 def main(argv=None):
@@ -175,7 +196,7 @@ def main(argv=None):
     args = parser.parse_args(argv)
     protocol = load_protocol(args.protocol, args.overrides)
     section = protocol["classifier"]
-    config = train_classifier(protocol["dataset"], section["dir"], device=resolve_device(protocol["device"]),
+    config = train_classifier(classifier_data(protocol), section["dir"], device=resolve_device(protocol["device"]),
                               imagenet_weights=section["imagenet_weights"],
                               **{key: section[key] for key in TRAINING_KEYS})
     print(f"{section['dir']} (best epoch {config['best_epoch']}, val exact-match {config['val_exact_match']:.4f})")

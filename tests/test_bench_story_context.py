@@ -1,0 +1,95 @@
+"""bench/story_context.py's quality columns (--protocol): each context mode's samples are scored by the
+classifier trained on the protocol's own dataset (named explicitly, `classifier.trained_on`), against the
+ground truth of the bench's temporary long stories; a missing classifier stops the bench in one line,
+and is never trained there. Driven as a user runs it, on test_story_generate's tiny story_sft and
+detokenizer runs and a classifier trained briefly on the session's small toy dataset."""
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from src.errors import run_entry
+from tests.test_story_generate import runs  # noqa: F401 (a fixture: the tiny story_sft and detokenizer runs)
+
+REPO = Path(__file__).resolve().parent.parent
+QUALITY = ("Char-Acc (%)", "BG-Acc (%)", "Frechet distance (classifier features)")
+
+
+@pytest.fixture(scope="module")
+def classifier(tmp_path_factory, toy_root):
+    """The toy protocol's classifier trained (1 epoch) on the session's toy dataset: (its folder, the
+    protocol overrides that name it and its reference dataset)."""
+    from eval.train_classifier import main as train
+
+    folder = tmp_path_factory.mktemp("bench_story_context") / "classifier"
+    overrides = [f"dataset={toy_root}", f"classifier.dir={folder}", "classifier.epochs=1"]
+    train(["--protocol", "configs/eval/toy.yaml", *overrides])
+    return folder, overrides
+
+
+def bench(runs, overrides):
+    return subprocess.run([sys.executable, "-m", "bench.story_context", "--mllm", str(runs["mllm"]),
+                           "--detokenizer", str(runs["detok"]), "--lengths", "3", "--stories", "1",
+                           "--modes", "window", "--steps", "2", "--protocol", "configs/eval/toy.yaml", *overrides],
+                          cwd=REPO, env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True)
+
+
+def test_each_mode_is_scored_by_the_reference_datasets_classifier(runs, classifier, toy_root):
+    folder, overrides = classifier
+    trained = (folder / "model.safetensors").stat().st_mtime_ns
+    proc = bench(runs, overrides)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    lines = proc.stdout.splitlines()
+    assert f"scored by the classifier in {folder} (trained on {toy_root})" in proc.stdout
+    header = next(i for i, line in enumerate(lines) if line.startswith("| beats"))
+    columns = [cell.strip() for cell in lines[header].strip("|").split("|")]
+    rows = [dict(zip(columns, (cell.strip() for cell in line.strip("|").split("|"))))
+            for line in lines[header + 2:] if line.startswith("|")]
+    assert [(row["beats"], row["mode"]) for row in rows] == [("3", "window")]
+    for name in QUALITY:
+        assert name in columns and float(rows[0][name]) >= 0, (name, rows[0])
+    assert 0 <= float(rows[0]["Char-Acc (%)"]) <= 100 and 0 <= float(rows[0]["BG-Acc (%)"]) <= 100
+    # the classifier was read, never retrained
+    assert (folder / "model.safetensors").stat().st_mtime_ns == trained
+    assert json.loads((folder / "config.json").read_text())["data_root"] == str(toy_root)
+
+
+def test_without_the_trained_classifier_the_bench_stops_in_one_line(runs, classifier, tmp_path):
+    _, overrides = classifier
+    missing = tmp_path / "no_classifier"
+    proc = bench(runs, [*overrides, f"classifier.dir={missing}"])
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+    assert proc.returncode == 2 and len(errors) == 1, proc.stderr[-3000:]
+    assert f"{missing} holds no classifier; train it with `python -m eval.train_classifier" in errors[0]
+    assert not missing.exists() and "| beats" not in proc.stdout  # nothing trained, nothing drawn
+
+
+def test_a_classifier_of_other_settings_or_labels_is_refused(runs, classifier, tmp_path, capsys):
+    from bench.story_context import main
+
+    folder, overrides = classifier
+    # other settings than the classifier was trained with: its fingerprint differs
+    assert run_entry(main, ["--mllm", str(runs["mllm"]), "--detokenizer", str(runs["detok"]),
+                            "--protocol", "configs/eval/toy.yaml", *overrides, "classifier.epochs=2"]) == 2
+    error = capsys.readouterr().err
+    assert f"{folder} holds a classifier trained on other data or settings" in error
+    # a classifier that does not know the scored dataset's characters: its labels would not line up
+    from eval.protocol import load_protocol
+    from eval.train_classifier import ensure_classifier
+
+    other = tmp_path / "other"
+    other.mkdir()
+    for name in ("model.safetensors", "split_ids.json"):
+        (other / name).write_bytes((folder / name).read_bytes())
+    config = json.loads((folder / "config.json").read_text())
+    (other / "config.json").write_text(json.dumps({**config, "characters": config["characters"][::-1]}))
+    protocol = load_protocol("configs/eval/toy.yaml", [*overrides, f"classifier.dir={other}"])
+    with pytest.raises(ValueError, match=re.escape(f"{other}: the classifier trained on {config['data_root']} "
+                                                   "knows characters") + r".* but .*meta\.json lists"):
+        ensure_classifier(protocol, "cpu")
