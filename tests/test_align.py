@@ -237,7 +237,7 @@ def test_a_missing_caption_field_is_an_error_naming_the_file_and_field(overrides
 
 # ---- training -----------------------------------------------------------------------------------------
 def test_alignment_loss_falls_and_validation_keeps_the_best_weights(overrides):
-    o = overrides + ["run_name=learn", "train.max_steps=40", "train.checkpoint_every=40", "optim.warmup_steps=5",
+    o = overrides + ["model.llm_mode=frozen", "run_name=learn", "train.max_steps=40", "train.checkpoint_every=40", "optim.warmup_steps=5",
                      "train.validate_every=20", "train.batch_size=8"]
     train(o)
     rows = read_metrics(run_dir(o, "learn"))
@@ -364,11 +364,11 @@ def gill_state_dict(task) -> dict:
 
 
 @pytest.mark.parametrize("llm", ["opt-6.7b", "Llama-2-7b-hf"])
-def test_the_converter_maps_the_gill_key_layout(overrides, llms, llm, tmp_path):
+def test_the_converter_maps_the_gill_key_layout(overrides, llms, llm, tmp_path, capsys):
     from src.tasks.from_checkpoint import load_task_from_checkpoint
     from src.tools.convert_storygptv_llm import ConversionError, convert_state_dict, main
 
-    o = overrides + [f"model.llm={llms}/{llm}"]
+    o = overrides + [f"model.llm={llms}/{llm}", "model.llm_mode=frozen"]  # the release's mode
     task = build(o)
     source, ref = gill_state_dict(task)
     torch.save(source, tmp_path / "pretrained_ckpt.pth.tar")
@@ -387,6 +387,10 @@ def test_the_converter_maps_the_gill_key_layout(overrides, llms, llm, tmp_path):
         assert not converted.llm.image_output.any()
     trainer = json.loads((out / "checkpoints" / "step_000000" / "trainer_state.json").read_text())
     assert trainer["conversion"]["dropped_retrieval_head"] == 5
+    assert main(["--src", str(tmp_path / "pretrained_ckpt.pth.tar"), "--out", str(tmp_path / "full"), "--config",
+                 RECIPE, *overrides, f"model.llm={llms}/{llm}"]) == 2   # the toy recipe trains its LLM whole
+    assert "model.llm_mode=full; the released weights are frozen-mode" in capsys.readouterr().err
+    assert not (tmp_path / "full").exists()
     with pytest.raises(ConversionError, match="a second text_emb_layer mapper"):
         convert_state_dict({"state_dict": {**state, "model.gen_text_hidden_fcs.1.fc.weight": torch.zeros(1)}}, untied)
 

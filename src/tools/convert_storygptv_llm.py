@@ -124,6 +124,9 @@ def main(argv=None) -> int:
             cfg = load_config(args.config, args.overrides)
             if cfg.task != "align":
                 raise ConversionError(f"{args.config}: task '{cfg.task}'; these weights are for task 'align'")
+            if cfg.model.llm_mode != "frozen":  # the release trained the frozen-LLM mode: no LLM weights to load
+                raise ConversionError(f"{args.config}: model.llm_mode={cfg.model.llm_mode}; the released weights are "
+                                      f"frozen-mode (no LLM weights): set model.llm_mode=frozen")
         untied = _untied(cfg) if cfg is not None else args.untied_output
         trainable, report = convert_state_dict(load_source(args.src), untied)
         if cfg is not None and cfg.model.num_image_tokens != report["num_image_tokens"]:
