@@ -142,6 +142,9 @@ def _validate(protocol, path):
     for key, least in (("given_beats", 0), ("beats", 1), ("window_images", 1), ("max_text_tokens", 1)):
         if story[key] < least:
             raise EvalInputError(f"protocol {path}: key 'story.{key}' must be at least {least}, not {story[key]}")
+    if story["sink_images"] is not None and (not isinstance(story["sink_images"], int) or story["sink_images"] < 0):
+        raise EvalInputError(f"protocol {path}: key 'story.sink_images' must be null or an integer >= 0, "
+                             f"not {story['sink_images']!r}")
     if story["num_stories"] is not None and (not isinstance(story["num_stories"], int) or story["num_stories"] < 1):
         raise EvalInputError(f"protocol {path}: key 'story.num_stories' must be null or a positive integer, "
                              f"not {story['num_stories']!r}")
@@ -154,6 +157,7 @@ def generator_args(protocol):
             "--mode", story["mode"], "--beats", str(story["beats"]), "--context", story["context"],
             "--window-images", str(story["window_images"]), "--temperature", str(story["temperature"]),
             "--top-p", str(story["top_p"]), "--max-text-tokens", str(story["max_text_tokens"])]
+    args += ["--sink-images", "all" if story["sink_images"] is None else str(story["sink_images"])]
     if story["num_stories"] is not None:
         args += ["--num-stories", str(story["num_stories"])]
     return args

@@ -52,6 +52,15 @@ def resolve_runs(mllm, detokenizer) -> tuple:
     return Path(mllm), mcfg, Path(detokenizer), dcfg, tokenizer_cfg
 
 
+def sink_images_arg(value: str):
+    """--sink-images: 'all' (None) or an integer >= 0."""
+    if value == "all":
+        return None
+    if not value.isdigit():
+        raise argparse.ArgumentTypeError(f"not 'all' or an integer >= 0: {value!r}")
+    return int(value)
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--mllm", type=Path, default=None,
@@ -66,6 +75,9 @@ def main(argv=None) -> int:
     parser.add_argument("--context", choices=CONTEXT_MODES, default="multimodal_sink")
     parser.add_argument("--window-images", type=int, default=SinkSettings.window_images)
     parser.add_argument("--first-tokens", type=int, default=SinkSettings.first_tokens)
+    parser.add_argument("--sink-images", type=sink_images_arg, default=SinkSettings.sink_images,
+                        help="multimodal_sink: evicted images whose head and tail stay, the most recent; "
+                             f"all: every one, as released (default {SinkSettings.sink_images})")
     parser.add_argument("--temperature", type=float, default=DecodeSettings.temperature, help="0: greedy")
     parser.add_argument("--top-p", type=float, default=DecodeSettings.top_p)
     parser.add_argument("--max-text-tokens", type=int, default=DecodeSettings.max_text_tokens)
@@ -103,7 +115,8 @@ def main(argv=None) -> int:
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     mllm.to(device).eval()
     detok.to(device).eval()
-    sink = SinkSettings(window_images=args.window_images, first_tokens=args.first_tokens)
+    sink = SinkSettings(window_images=args.window_images, first_tokens=args.first_tokens,
+                        sink_images=args.sink_images)
     decode = DecodeSettings(temperature=args.temperature, top_p=args.top_p, max_text_tokens=args.max_text_tokens,
                             seed=args.seed)
     meta.update({"mllm_checkpoint": str(mfile), "mllm_config": str(run_folder_of(mllm_run) / "config.yaml"),

@@ -33,11 +33,21 @@ def classifier(tmp_path_factory, toy_root):
     return folder, overrides
 
 
-def bench(runs, overrides):
+def bench(runs, overrides, modes=("window",), extra=()):
     return subprocess.run([sys.executable, "-m", "bench.story_context", "--mllm", str(runs["mllm"]),
                            "--detokenizer", str(runs["detok"]), "--lengths", "3", "--stories", "1",
-                           "--modes", "window", "--steps", "2", "--protocol", "configs/eval/toy.yaml", *overrides],
+                           "--modes", *modes, *extra, "--steps", "2", "--protocol", "configs/eval/toy.yaml",
+                           *overrides],
                           cwd=REPO, env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True)
+
+
+def table(stdout: str) -> list[dict]:
+    """The bench's printed table as rows {column: cell}."""
+    lines = stdout.splitlines()
+    header = next(i for i, line in enumerate(lines) if line.startswith("| beats"))
+    columns = [cell.strip() for cell in lines[header].strip("|").split("|")]
+    return [dict(zip(columns, (cell.strip() for cell in line.strip("|").split("|"))))
+            for line in lines[header + 2:] if line.startswith("|")]
 
 
 def test_each_mode_is_scored_by_the_reference_datasets_classifier(runs, classifier, toy_root):
@@ -45,12 +55,9 @@ def test_each_mode_is_scored_by_the_reference_datasets_classifier(runs, classifi
     trained = (folder / "model.safetensors").stat().st_mtime_ns
     proc = bench(runs, overrides)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    lines = proc.stdout.splitlines()
     assert f"scored by the classifier in {folder} (trained on {toy_root})" in proc.stdout
-    header = next(i for i, line in enumerate(lines) if line.startswith("| beats"))
-    columns = [cell.strip() for cell in lines[header].strip("|").split("|")]
-    rows = [dict(zip(columns, (cell.strip() for cell in line.strip("|").split("|"))))
-            for line in lines[header + 2:] if line.startswith("|")]
+    rows = table(proc.stdout)
+    columns = list(rows[0])
     assert [(row["beats"], row["mode"]) for row in rows] == [("3", "window")]
     for name in QUALITY:
         assert name in columns and float(rows[0][name]) >= 0, (name, rows[0])
@@ -93,3 +100,20 @@ def test_a_classifier_of_other_settings_or_labels_is_refused(runs, classifier, t
     with pytest.raises(ValueError, match=re.escape(f"{other}: the classifier trained on {config['data_root']} "
                                                    "knows characters") + r".* but .*meta\.json lists"):
         ensure_classifier(protocol, "cpu")
+
+
+def test_sink_images_rows_the_released_refill_and_the_plot(runs, classifier, tmp_path):
+    _, overrides = classifier
+    plot = tmp_path / "beats.svg"
+    proc = bench(runs, overrides, modes=("dense_refill", "multimodal_sink"),
+                 extra=("--sink-images", "all", "0", "--window-images", "1", "--split", "val", "--plot", str(plot)))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "1 val stories per length" in proc.stdout
+    rows = table(proc.stdout)
+    assert [row["mode"] for row in rows] == ["dense_refill", "multimodal_sink, all sink images (released)",
+                                             "multimodal_sink, 0 sink images"]
+    assert all(0 <= float(row["Char-Acc (%)"]) <= 100 and float(row["LLM s/beat, last 10"]) > 0 for row in rows)
+    svg = plot.read_text()
+    assert svg.count("<polyline") == 3 and "multimodal_sink, 0 sink images" in svg
+    bad = bench(runs, overrides, extra=("--sink-images", "three"))
+    assert bad.returncode == 2 and "--sink-images: not 'all' or an integer >= 0: 'three'" in bad.stderr

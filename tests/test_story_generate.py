@@ -31,9 +31,9 @@ def beat_kinds(beat: int) -> list[str]:
     return ["text"] * (6 if beat == 0 else 5) + ["boi"] + ["img"] * K + ["eoi"]
 
 
-def filled(model, mode: str, beats: int, window: int = 2):
+def filled(model, mode: str, beats: int, window: int = 2, sink_images=None):
     """A StoryKVCache fed `beats` beats of random embeddings; also every embedding fed, in order."""
-    cache = StoryKVCache(mode, SinkSettings(window_images=window), rope_inv_freq(model))
+    cache = StoryKVCache(mode, SinkSettings(window_images=window, sink_images=sink_images), rope_inv_freq(model))
     fed = []
     for beat in range(beats):
         cache.evict_if_full()
@@ -47,21 +47,23 @@ def filled(model, mode: str, beats: int, window: int = 2):
     return cache, torch.cat(fed)
 
 
-def expected_kept(mode: str, beats: int, window: int = 2) -> list[int]:
-    """Stream indices each mode keeps after `beats` beats, from the release's ranges (docs/seed_story.md)."""
+def expected_kept(mode: str, beats: int, window: int = 2, sink_images=None) -> list[int]:
+    """Stream indices each mode keeps after `beats` beats, from the release's ranges (docs/seed_story.md);
+    `sink_images`: only the most recently evicted images keep their head and tail."""
     starts, index = [], 0
     for beat in range(beats):
         starts.append(index)
         index += len(beat_kinds(beat))
     evicted = max(0, beats - 1 - window) if mode != "dense" else 0  # evictions happen before each new beat
     kept = list(range(starts[evicted], index))
+    fragments = range(0 if sink_images is None else max(0, evicted - sink_images), evicted)
     for beat in range(evicted):
         first, boi = starts[beat], starts[beat] + len(beat_kinds(beat)) - K - 2
         eoi = boi + K + 1
         for i in range(first, first + len(beat_kinds(beat))):
             if mode in ("sink", "multimodal_sink") and i < 4:
                 kept.append(i)
-            elif mode == "multimodal_sink" and (boi - 4 <= i < boi + 8 or eoi - 8 <= i < eoi + 4):
+            elif mode == "multimodal_sink" and beat in fragments and (boi - 4 <= i < boi + 8 or eoi - 8 <= i < eoi + 4):
                 kept.append(i)
     return sorted(kept)
 
@@ -79,6 +81,31 @@ def test_each_mode_keeps_exactly_the_tokens_it_lists(mode):
         assert [s.kind for s in cache.slots if s.beat == 1] == ["text"] * 4 + ["boi"] + ["img"] * 15 + ["eoi"]
     if mode == "sink":
         assert [s.index for s in cache.slots if s.beat in cache.evicted] == [0, 1, 2, 3]
+
+
+@pytest.mark.parametrize("sink_images", [0, 1, 2])
+def test_multimodal_sink_keeps_the_head_and_tail_of_only_its_last_sink_images_evicted_images(sink_images):
+    model = tiny_llama(1)
+    cache, embeds = filled(model, "multimodal_sink", beats=8, sink_images=sink_images)
+    assert cache.evicted == [0, 1, 2, 3, 4]
+    assert [s.index for s in cache.slots] == expected_kept("multimodal_sink", 8, sink_images=sink_images)
+    assert cache.fragments == cache.evicted[len(cache.evicted) - sink_images:] if sink_images else cache.fragments == []
+    assert sorted({s.beat for s in cache.slots if s.kind == "boi"}) == [*cache.fragments, 5, 6, 7]
+    assert [s.index for s in cache.slots if s.beat == 0][:4] == [0, 1, 2, 3]  # the first tokens always stay
+    uncapped, _ = filled(model, "multimodal_sink", beats=8)
+    dropped = 5 - sink_images  # beats 0.. lose their head and tail: 21 tokens, beat 0 19 (its first 4 stay)
+    assert len(uncapped.slots) - len(cache.slots) == 19 + (dropped - 1) * (4 + 1 + 7 + 8 + 1)
+    new = torch.randn(1, 3, 32)  # and the logits still match a dense forward over what is kept
+    with torch.no_grad():
+        cached = model(inputs_embeds=new, past_key_values=cache.cache, position_ids=cache.position_ids(3, "cpu"),
+                       use_cache=True).logits
+        dense = model(inputs_embeds=torch.cat([embeds[[s.index for s in cache.slots]][None], new], 1)).logits[:, -3:]
+    torch.testing.assert_close(cached, dense, rtol=1e-4, atol=1e-5)
+
+
+def test_a_negative_sink_images_is_an_error_naming_the_key():
+    with pytest.raises(ValueError, match="sink.sink_images"):
+        StoryKVCache("multimodal_sink", SinkSettings(sink_images=-1), torch.ones(4))
 
 
 def test_kept_keys_are_the_original_keys_re_rotated_to_their_new_positions():
@@ -201,6 +228,40 @@ def test_image_tokens_are_forced_after_img(mllm_task, monkeypatch):
     kinds = [slot.kind for slot in writer.cache.slots if slot.beat == 2]
     assert kinds == ["text"] * len(s.separator) + ["boi"] + ["img"] * len(s.img) + ["eoi"]
     assert beats[2].features.shape == features.shape
+
+
+def test_the_released_refill_writes_what_dense_writes_re_feeding_the_whole_story_each_beat(mllm_task, monkeypatch):
+    """dense_refill (the release's dense, a bench reference): the same attention as the cached dense, so
+    the same story; but every beat feeds the whole story so far again, so the LLM's work grows with it."""
+    from src.pipelines.seed_story import REFILL, StoryWriter
+
+    features = mllm_task.visual_tokenizer.empty_features(1)[0]
+    decode = DecodeSettings(temperature=0.0, max_text_tokens=6)
+    written = {}
+    for context in ("dense", REFILL):
+        writer = StoryWriter(mllm_task.mllm, mllm_task.special, context, SinkSettings(), decode)
+        fed, real = [], type(writer.llm).forward_cached.__get__(writer.llm)  # the unpatched method
+
+        def counted(embeds, cache, positions, fed=fed, real=real):
+            fed.append((cache.get_seq_length(), embeds.shape[1]))  # (tokens cached before, tokens fed)
+            return real(embeds, cache, positions)
+        monkeypatch.setattr(writer.llm, "forward_cached", counted)
+        beats, stats = writer.write("Ada was on the beach.", features, 4)
+        written[context] = (beats, stats, fed, [slot.index for slot in writer.cache.slots])
+    (dense, dstats, dfed, dslots), (refill, rstats, rfed, rslots) = written["dense"], written[REFILL]
+    assert [b.token_ids for b in refill] == [b.token_ids for b in dense] and rslots == dslots
+    for a, b in zip(dense, refill):
+        torch.testing.assert_close(b.features, a.features, rtol=1e-4, atol=1e-4)
+    assert rstats["peak_cache_tokens"] == dstats["peak_cache_tokens"] and len(rstats["beat_seconds"]) == 4
+    # each of beats 1..3 starts with one forward into an empty cache over everything fed so far; the rest
+    # is the dense run's own forwards, token for token
+    refills = [(i, n) for i, (before, n) in enumerate(rfed) if before == 0][1:]
+    assert len(refills) == 3
+    assert [n for i, (_, n) in enumerate(rfed) if i not in dict(refills)] == [n for _, n in dfed]
+    for count, (i, n) in enumerate(refills, start=1):
+        k = i + 1 - count  # the dense run's forward that comes where this refill's next forward does
+        assert n == dfed[k][0] > 0  # the refill fed exactly what the dense cache held there
+    assert [n for _, n in refills] == sorted(n for _, n in refills)
 
 
 def test_greedy_story_is_deterministic_and_a_seeded_sample_reproducible(mllm_task):

@@ -12,7 +12,11 @@ depends on the mode:
   multimodal_sink  the first tokens, and of each evicted beat its tokens at stream indices
                    [BOI-4, BOI+8) (4 text tokens, <img>, the first 7 image tokens) and [EOI-8, EOI+4)
                    (the last 8 image tokens, </img>; the 3 tokens after </img> belong to the next beat,
-                   which is still in the window): the release's `img_head_tail` ranges, docs/seed_story.md
+                   which is still in the window): the release's `img_head_tail` ranges, docs/seed_story.md.
+                   `sink_images` bounds how many evicted images keep theirs (the most recently evicted;
+                   older fragments go, the first tokens stay): the release keeps every one, so its cache
+                   grows by about 24 tokens per evicted beat and, in a long enough story, outgrows the
+                   sequence length stage 2 trained on (docs/seed_story.md, "Context modes")
 
 Positions: the cache always holds positions 0..n-1 in order (StreamingLLM's "positions within the
 cache"). Evicting re-rotates every kept key from its old position p to its new one p': RoPE rotations
@@ -27,6 +31,7 @@ Shapes: B batch (1), H kv heads, L cached tokens, Dh head width.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Optional
 
 import torch
 from transformers import DynamicCache
@@ -44,6 +49,9 @@ class SinkSettings:
     after_boi: int = 8
     before_eoi: int = 8
     after_eoi: int = 4
+    sink_images: Optional[int] = 1      # multimodal_sink: evicted images that keep their head and tail, the
+                                        # most recent (None: every one, as released; 1: chosen on toy val,
+                                        # docs/seed_story.md "Context modes")
 
 
 @dataclass(frozen=True)
@@ -84,6 +92,7 @@ class StoryKVCache:
     slots: list[Slot] = field(default_factory=list)
     next_index: int = 0
     evicted: list[int] = field(default_factory=list)   # evicted beats, oldest first
+    fragments: list[int] = field(default_factory=list)  # evicted beats whose head and tail are cached, oldest first
     peak_tokens: int = 0
 
     def __post_init__(self):
@@ -91,6 +100,9 @@ class StoryKVCache:
             raise ValueError(f"context mode '{self.mode}' is not one of {', '.join(CONTEXT_MODES)}")
         if self.settings.window_images < 1:
             raise ValueError("sink.window_images must be at least 1")
+        if self.settings.sink_images is not None and self.settings.sink_images < 0:
+            raise ValueError(f"sink.sink_images must be at least 0 (or null: every evicted image), "
+                             f"got {self.settings.sink_images}")
 
     def __len__(self) -> int:
         return len(self.slots)
@@ -99,12 +111,14 @@ class StoryKVCache:
         """[1,count]: the positions the next `count` tokens take (right after the cache)."""
         return torch.arange(len(self), len(self) + count, device=device)[None]
 
-    def appended(self, beat: int, kinds: list[str]) -> None:
-        """Record the tokens a forward just appended to `cache`, in order."""
+    def appended(self, beat, kinds: list[str]) -> None:
+        """Record the tokens a forward just appended to `cache`, in order; `beat` one beat for all of them
+        or a list, one per token."""
         if self.cache.get_seq_length() != len(self.slots) + len(kinds):
             raise RuntimeError(f"cache holds {self.cache.get_seq_length()} tokens, slots say {len(self.slots) + len(kinds)}")
-        for kind in kinds:
-            self.slots.append(Slot(beat, kind, self.next_index))
+        beats = [beat] * len(kinds) if isinstance(beat, int) else beat
+        for beat_of, kind in zip(beats, kinds, strict=True):
+            self.slots.append(Slot(beat_of, kind, self.next_index))
             self.next_index += 1
         self.peak_tokens = max(self.peak_tokens, len(self.slots))
 
@@ -131,15 +145,24 @@ class StoryKVCache:
         return [i for i in rows if any(lo <= self.slots[i].index < hi for lo, hi in ranges)]
 
     def evict_if_full(self) -> list[int]:
-        """While the window holds more than `window_images` images, evict its oldest beat; returns the
-        evicted beats. Dense never evicts."""
+        """While the window holds more than `window_images` images, evict its oldest beat (keeping what
+        its mode keeps of it); then, in the multimodal sink, drop the head and tail of the oldest evicted
+        images beyond `sink_images`. Returns the evicted beats. Dense never evicts."""
         done = []
         while self.mode != "dense" and len(self.window_beats()) > self.settings.window_images:
             beat = self.window_beats()[0]
             kept = set(self.kept_of(beat))
-            self.keep([i for i, slot in enumerate(self.slots) if slot.beat != beat or i in kept])
             self.evicted.append(beat)
             done.append(beat)
+            dropped = set()  # evicted beats whose head and tail go now (sink_images reached)
+            if self.mode == "multimodal_sink":
+                self.fragments.append(beat)
+                while self.settings.sink_images is not None and len(self.fragments) > self.settings.sink_images:
+                    dropped.add(self.fragments.pop(0))
+            first = self.settings.first_tokens if self.mode in ("sink", "multimodal_sink") else 0
+            self.keep([i for i, slot in enumerate(self.slots)
+                       if (slot.beat != beat or i in kept)
+                       and (slot.beat not in dropped or slot.index < first)])
         return done
 
     def keep(self, rows: list[int]) -> None:

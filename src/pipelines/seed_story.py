@@ -36,6 +36,10 @@ import torch
 from src.models.story_cache import SinkSettings, StoryKVCache, rope_inv_freq
 
 GEN_MODES = ("story", "vis")
+# The release's dense context, for reference timings (bench/story_context.py): before every beat the
+# whole story so far is fed again, in one forward, into an empty cache (the release calls generate with
+# past_key_values=None each beat, docs/seed_story.md). Same attention as `dense`, O(story) work per beat.
+REFILL = "dense_refill"
 
 
 @dataclass
@@ -72,7 +76,8 @@ class StoryWriter:
 
     def __init__(self, mllm, special, context: str, sink: SinkSettings, decode: DecodeSettings):
         self.mllm, self.special, self.decode = mllm, special, decode
-        self.context, self.sink = context, sink
+        self.refill = context == REFILL
+        self.context, self.sink = ("dense" if self.refill else context), sink
         self.llm = mllm.llm
         self.inv_freq = rope_inv_freq(self.llm.lm)
         self.device = mllm.input_resampler.query.device
@@ -80,6 +85,7 @@ class StoryWriter:
         self.cache: Optional[StoryKVCache] = None
         self.last_hidden: Optional[torch.Tensor] = None
         self.stats: dict = {}
+        self.fed: list[tuple[torch.Tensor, int, list[str]]] = []  # refill: every block fed, in order
 
     # ---- feeding the cache ------------------------------------------------------------------------
     def _embed(self, ids: list[int]) -> torch.Tensor:
@@ -91,7 +97,27 @@ class StoryWriter:
         hidden = self.llm.forward_cached(embeds[None], self.cache.cache, positions)[0]
         self.cache.appended(beat, kinds)
         self.last_hidden = hidden[-1]
+        if self.refill:
+            self.fed.append((embeds, beat, kinds))
         return hidden
+
+    def _crop(self, count: int) -> None:
+        """Forget the last `count` tokens fed (they all belong to the last block)."""
+        self.cache.crop(count)
+        if self.refill:
+            embeds, beat, kinds = self.fed[-1]
+            self.fed[-1] = (embeds[:-count], beat, kinds[:-count])
+
+    def _refill(self) -> None:
+        """The release's dense context (REFILL): an empty cache, the whole story so far fed again in one forward."""
+        blocks, peak = self.fed, self.cache.peak_tokens
+        self.cache = StoryKVCache("dense", self.sink, self.inv_freq)
+        embeds = torch.cat([block for block, _, _ in blocks])
+        beats = [beat for _, beat, kinds in blocks for _ in kinds]
+        hidden = self.llm.forward_cached(embeds[None], self.cache.cache, self.cache.position_ids(len(beats), self.device))
+        self.cache.appended(beats, [kind for _, _, kinds in blocks for kind in kinds])
+        self.cache.peak_tokens = max(peak, self.cache.peak_tokens)
+        self.last_hidden = hidden[0, -1]
 
     def _input_block(self, features: torch.Tensor) -> torch.Tensor:
         """Features [Q,E] -> the K input tokens [K,D] (the input resampler)."""
@@ -106,7 +132,7 @@ class StoryWriter:
         kinds = ["text"] * len(prefix_ids) + ["boi"] + ["img"] * k
         hidden = self._feed(self._embed(ids), beat, kinds)
         regressed = self.mllm.regress(hidden[None, -k:], torch.ones(1, k, dtype=torch.bool, device=self.device))[0]
-        self.cache.crop(k)
+        self._crop(k)
         block = torch.cat([self._input_block(regressed), self._embed([s.eoi])])
         self._feed(block, beat, ["img"] * k + ["eoi"])
         return regressed
@@ -116,6 +142,7 @@ class StoryWriter:
         """Beat 0: <s> caption <img> [the given frame's features] </img>."""
         s = self.special
         self.cache = StoryKVCache(self.context, self.sink, self.inv_freq)
+        self.fed = []
         text = ([s.bos] if s.bos is not None else []) + self.llm.text_ids(caption)
         block = torch.cat([self._embed(text + [s.boi]), self._input_block(features), self._embed([s.eoi])])
         self._feed(block, 0, ["text"] * len(text) + ["boi"] + ["img"] * len(s.img) + ["eoi"])
@@ -154,7 +181,11 @@ class StoryWriter:
         start = time.perf_counter()
         out = [self.start(caption, features)]
         peak_bytes, stop, evicted, forced = self.cache.kv_bytes(), "beats", [], 0
+        beat_seconds = [round(time.perf_counter() - start, 5)]  # the LLM's seconds for each beat
         for beat in range(1, beats):
+            began = time.perf_counter()
+            if self.refill:
+                self._refill()
             evicted += self.cache.evict_if_full()
             if captions is not None:
                 prefix = list(self.special.separator) + self.llm.text_ids(captions[beat])
@@ -169,12 +200,13 @@ class StoryWriter:
                 regressed = self._image([], beat)
                 out.append(Beat(self.text_of(ids), regressed, ids))
             peak_bytes = max(peak_bytes, self.cache.kv_bytes())
+            beat_seconds.append(round(time.perf_counter() - began, 5))
         seconds = time.perf_counter() - start
         stats = {"beats": len(out), "stop": stop, "llm_seconds": round(seconds, 4),
                  "seconds_per_beat": round(seconds / max(len(out) - 1, 1), 5),
                  "peak_cache_tokens": self.cache.peak_tokens, "peak_cache_bytes": peak_bytes,
                  "final_cache_tokens": len(self.cache), "evicted_beats": evicted,
-                 "img_forced_at_max_text_tokens": forced}
+                 "img_forced_at_max_text_tokens": forced, "beat_seconds": beat_seconds}
         return out, stats
 
     def text_of(self, ids: list[int]) -> str:
