@@ -105,7 +105,7 @@ def test_the_chain_trains_three_stages_and_scores_val_stories(demo):
     summary = page[page.index("class='summary'"):page.index("table class='metrics'")]
     lines = ["SEED-Story de-tokenizer (stage 1, UNet full) trained on toy for 2 steps",
              "SEED-Story MLLM (stage 2 SFT, LLM lora) trained on toy_story for 2 steps",
-             "SEED-Story de-tokenizer adapted to the MLLM (stage 3, resampler_kv) trained on toy_story for 2 steps",
+             "SEED-Story de-tokenizer adapted to the MLLM (stage 3, full_unet) trained on toy_story for 2 steps",
              "Scored: val split, 2 stories"]
     positions = [summary.index(line) for line in lines]
     assert positions == sorted(positions)
