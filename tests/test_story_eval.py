@@ -41,7 +41,7 @@ def evaluated(story_runs, seed_stack):
     out = story_runs["tmp"] / "eval"
     overrides = protocol_overrides(story_runs, seed_stack) + [
         "story.num_stories=2", "story.beats=4", "story.temperature=0", "story.max_text_tokens=10",
-        "story.window_images=2", "story.sink_images=1"]
+        "story.window_images=2", "story.sink_images=0"]
     env = {**os.environ, "EVAL_OUT": str(out), "OMP_NUM_THREADS": "1"}
     proc = subprocess.run(["bash", "eval.sh", "toy_story", str(story_runs["mllm"]), str(story_runs["detok"]),
                            *overrides], cwd=REPO, env=env, capture_output=True, text=True)
@@ -55,7 +55,7 @@ def test_eval_sh_generates_and_scores_stories_beat_by_beat(evaluated, story_runs
     assert generation["task"] == "seed_story" and generation["mode"] == "story" and generation["context"] == "multimodal_sink"
     assert generation["mllm_checkpoint"].endswith("step_000030/trainable.safetensors")
     assert generation["dataset_root"] == str(story_runs["data"]) and generation["beats"] == 4
-    assert generation["sink"]["window_images"] == 2 and generation["sink"]["sink_images"] == 1  # the protocol's story: keys
+    assert generation["sink"]["window_images"] == 2 and generation["sink"]["sink_images"] == 0  # the protocol's story: keys
     results = json.loads((evaluated / "metrics.json").read_text())
     rows = results["metrics"]
     # what SEED-Story's Table 2 compares (generated frame vs the ground-truth frame of the same beat) and the toy metrics
@@ -194,3 +194,15 @@ def test_eval_sh_sends_a_story_run_to_the_story_path_and_checks_its_arguments(st
                             "metrics=[judge]"], cwd=REPO, env=env, capture_output=True, text=True)
     assert judge.returncode == 2 and "protocol key 'judge.url' is not set" in judge.stderr, judge.stderr
     assert not (tmp_path / "never").exists()
+
+
+def test_story_sink_images_reaches_the_generator_and_a_bad_value_names_the_key():
+    from eval.protocol import generator_args, load_protocol
+    from eval.stories_io import EvalInputError
+
+    args = generator_args(load_protocol("configs/eval/toy_story.yaml", []))
+    assert args[args.index("--sink-images") + 1] == "1"  # the default, chosen on toy val
+    args = generator_args(load_protocol("configs/eval/toy_story.yaml", ["story.sink_images=null"]))
+    assert args[args.index("--sink-images") + 1] == "all"  # null: every evicted image, as released
+    with pytest.raises(EvalInputError, match=r"toy_story\.yaml: key 'story\.sink_images' must be null or an integer >= 0, not -1"):
+        load_protocol("configs/eval/toy_story.yaml", ["story.sink_images=-1"])
