@@ -159,10 +159,9 @@ class StoryKVCache:
                 self.fragments.append(beat)
                 while self.settings.sink_images is not None and len(self.fragments) > self.settings.sink_images:
                     dropped.add(self.fragments.pop(0))
-            first = self.settings.first_tokens if self.mode in ("sink", "multimodal_sink") else 0
             self.keep([i for i, slot in enumerate(self.slots)
                        if (slot.beat != beat or i in kept)
-                       and (slot.beat not in dropped or slot.index < first)])
+                       and (slot.beat not in dropped or slot.index < self.settings.first_tokens)])
         return done
 
     def keep(self, rows: list[int]) -> None:
