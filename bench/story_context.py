@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import statistics
 import sys
 import tempfile
 import time
@@ -150,7 +151,7 @@ def main(argv=None) -> None:
 def beat_medians(per_story: list[list[float]]) -> list[float]:
     """Each beat's median over the stories of its LLM seconds (beats 1.., as far as every story went)."""
     n = min(len(seconds) for seconds in per_story)
-    return [float(torch.tensor([seconds[b] for seconds in per_story]).median()) for b in range(1, n)]
+    return [statistics.median(seconds[b] for seconds in per_story) for b in range(1, n)]
 
 
 if __name__ == "__main__":
