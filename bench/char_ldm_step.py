@@ -19,7 +19,7 @@ with rectangular masks and references cut from them, captions naming toy charact
 
 `--arch sd15` builds SD 1.5's architecture and a CLIP ViT-L/14 vision tower (2 trainable layers) with
 random weights from configs/bench/sd15.yaml (no download), with the attention layers, loss weight and
-reference settings of configs/ldm/base.yaml; meant for a GPU, it also runs on a CPU at small sizes
+reference settings of configs/char_ldm/base.yaml; meant for a GPU, it also runs on a CPU at small sizes
 (batch 1, 256 px: about 17 GiB of memory) to measure peak memory.
 
 FLOPs: one extra step, before the timed ones, under torch.utils.flop_counter.FlopCounterMode
@@ -37,20 +37,36 @@ from pathlib import Path
 import torch
 import yaml
 
-from bench.common import (REPO, add_step_arguments, count_flops, free_memory, limit_gpu_memory, machine,
-                          peak_memory_gib, peak_reserved_gib, peak_tflops, prepare_training, print_table,
-                          reset_peak, sd15_components, throughput_columns, timed, to_device, toy_config)
+from bench.common import (
+    REPO,
+    add_step_arguments,
+    count_flops,
+    free_memory,
+    limit_gpu_memory,
+    machine,
+    peak_memory_gib,
+    peak_reserved_gib,
+    peak_tflops,
+    prepare_training,
+    print_table,
+    reset_peak,
+    sd15_components,
+    throughput_columns,
+    timed,
+    to_device,
+    toy_config,
+)
 
 ACTIONS = ["walked on the beach", "waited in the forest", "played at night", "talked in the kitchen"]
 SYNTHETIC_SLOTS = 3
 
 
 def recipe_overrides(arch: str) -> list[str]:
-    """sd15: the real recipe's (configs/ldm/base.yaml) attention layers, loss weight, trainable tower
+    """sd15: the real recipe's (configs/char_ldm/base.yaml) attention layers, loss weight, trainable tower
     layers and reference settings in place of the toy recipe's."""
     if arch != "sd15":
         return []
-    model = yaml.safe_load((REPO / "configs/ldm/base.yaml").read_text())["model"]
+    model = yaml.safe_load((REPO / "configs/char_ldm/base.yaml").read_text())["model"]
     return [f"model.attention_layers={json.dumps(model['attention_layers'])}",
             f"model.attention_loss_weight={model['attention_loss_weight']}",
             f"model.image_encoder_trainable_layers={model['image_encoder_trainable_layers']}",
@@ -139,7 +155,7 @@ def bench_one(variant: str, arch: str, batch_size: int, resolution: int, precisi
         row["reserved (GiB)"] = f"{peak_reserved_gib():.2f}"
     if char:  # evidence that the extra loss ran on the timed steps
         timed_losses = losses[warmup:]
-        row["attn loss"] = f"{sum(float(l['attention']) != 0 for l in timed_losses)}/{len(timed_losses)} steps"
+        row["attn loss"] = f"{sum(float(step['attention']) != 0 for step in timed_losses)}/{len(timed_losses)} steps"
     else:
         row["attn loss"] = "off"
     row["device"] = str(device)

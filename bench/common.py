@@ -153,16 +153,16 @@ def print_table(rows: list[dict], columns: list[str]) -> None:
 
 # ---- building the stage-1 task ----------------------------------------------------------------------
 def toy_config(overrides: list[str], tiny_root: Path, data_root: Path):
-    """configs/ldm/toy.yaml with the tiny stack under `tiny_root` and the toy data under `data_root`
+    """configs/char_ldm/toy.yaml with the tiny stack under `tiny_root` and the toy data under `data_root`
     (both built on first use, at the toy recipe's own image size), plus `overrides`."""
+    from src.assets import ensure_assets
     from src.config import load_config
-    from src.tools.assets import ensure_assets
 
     base = [f"data.root={data_root}", f"tiny_stack={tiny_root}", f"model.pretrained={tiny_root}/stable-diffusion-v1-5",
             f"model.image_encoder={tiny_root}/clip", "logging.tensorboard=false"]
     # Assets first, without the overrides: a data.image_size override must not change the toy data built.
-    ensure_assets(load_config(REPO / "configs/ldm/toy.yaml", base))
-    return load_config(REPO / "configs/ldm/toy.yaml", base + overrides)
+    ensure_assets(load_config(REPO / "configs/char_ldm/toy.yaml", base))
+    return load_config(REPO / "configs/char_ldm/toy.yaml", base + overrides)
 
 
 def sd15_spec() -> dict:

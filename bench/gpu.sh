@@ -43,7 +43,7 @@ stamp() { echo "[gpu.sh $(( $(date +%s) - started )) s] $*"; }
 stamp "toy data and tiny stack in $WORK"
 [ -f "$WORK/toy/meta.json" ] || python -m src.data.toy --out "$WORK/toy" --num-train 96 --num-val 8 --num-test 8 \
   --num-workers "$(( $(nproc) < 8 ? $(nproc) : 8 ))"
-python -m src.tools.tiny_stack --out "$WORK/tiny" --data "$WORK/toy" --vae-steps 60 > "$WORK/tiny-stack.log"
+python -m src.tools.tiny.stack --out "$WORK/tiny" --data "$WORK/toy" --vae-steps 60 > "$WORK/tiny-stack.log"
 COMMON=(--tiny-root "$WORK/tiny" --data "$WORK/toy")
 
 {

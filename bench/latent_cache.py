@@ -1,4 +1,4 @@
-"""Seconds per training step of the toy stage-1 recipe (configs/ldm/toy.yaml) with and without
+"""Seconds per training step of the toy stage-1 recipe (configs/char_ldm/toy.yaml) with and without
 `model.cache_latents` (src/tasks/frozen_cache.py): the engine's micro_step on real toy batches, loaded
 before timing, so the difference is the frozen VAE and text-encoder passes the cache saves.
 

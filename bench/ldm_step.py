@@ -15,8 +15,18 @@ from pathlib import Path
 
 import torch
 
-from bench.common import (REPO, add_step_arguments, machine, peak_memory_gib, prepare_training, print_table,
-                          reset_peak, sd15_components, timed, toy_config)
+from bench.common import (
+    REPO,
+    add_step_arguments,
+    machine,
+    peak_memory_gib,
+    prepare_training,
+    print_table,
+    reset_peak,
+    sd15_components,
+    timed,
+    toy_config,
+)
 
 CAPTIONS = ["Ada and Bob walked on the beach.", "She waited in the forest.", "Cleo, Dan and Eve played at night."]
 

@@ -32,8 +32,7 @@ def main(argv=None) -> None:
     args = parser.parse_args(argv)
 
     from src.data.toy import generate_toy_dataset
-    from src.pipelines.storygptv import generate_stage2_stories
-    from src.tasks.from_checkpoint import load_task_from_checkpoint
+    from src.runs import load_task
 
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     rows = []
@@ -44,11 +43,11 @@ def main(argv=None) -> None:
             overrides = [*args.overrides, f"data.root={root}", f"data.frames_per_story={frames}"]
             if args.steps:
                 overrides.append(f"sample.num_inference_steps={args.steps}")
-            align = load_task_from_checkpoint(args.align, overrides=overrides)[0].to(device).eval()
-            ldm = align.stage1()
+            align = load_task(args.align, overrides=overrides)[0].to(device).eval()
+            align.stage1()
             reset_peak(device)
             start = time.perf_counter()
-            generate_stage2_stories(align, ldm, Path(tmp) / f"out{frames}", "test", progress=False)
+            align.sample(Path(tmp) / f"out{frames}", "test")
             seconds = time.perf_counter() - start
             peak, kind = peak_memory_gib(device)
             rows.append({"frames": frames, "stories": args.stories,

@@ -92,12 +92,13 @@ def main(argv=None) -> None:
     from src.data.stories import read_split
     from src.data.toy import generate_toy_dataset
     from src.pipelines.seed_story import DecodeSettings, generate_seed_stories
-    from src.tasks.from_checkpoint import load_task_from_checkpoint
+    from src.runs import load_task
 
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    mllm = load_task_from_checkpoint(args.mllm)[0].to(device).eval()
+    mllm = load_task(args.mllm)[0].to(device).eval()
     steps = [f"sample.num_inference_steps={args.steps}"] if args.steps else []
-    detok = load_task_from_checkpoint(args.detokenizer, overrides=steps)[0].to(device).eval()
+    detok = load_task(args.detokenizer, overrides=steps)[0].to(device).eval()
+    pipe = detok.pipeline(mllm=mllm.mllm, special=mllm.special)
     rows, curves = [], {}
     with tempfile.TemporaryDirectory() as tmp:
         for length in args.lengths:
@@ -114,7 +115,7 @@ def main(argv=None) -> None:
                 out = Path(tmp) / f"out{length}_{i}"
                 reset_peak(device)
                 start = time.perf_counter()
-                generate_seed_stories(mllm, detok, stories, root, out, "vis", length, mode,
+                generate_seed_stories(pipe, stories, root, out, "vis", length, mode,
                                       SinkSettings(window_images=args.window_images, sink_images=kept),
                                       DecodeSettings(temperature=0.0), {"bench": "story_context"})
                 total = time.perf_counter() - start

@@ -15,7 +15,7 @@ and the first steps; the first time a count appears is used, so the final save a
 Rounds alternate the order of the sides; the table has each side's median over the rounds and its
 ratio to diffusers' median (samples/s, same batch).
 
-Our sides are `--ours NAME=override,override,...` (the toy recipe, configs/ldm/toy.yaml, plus the
+Our sides are `--ours NAME=override,override,...` (the toy recipe, configs/char_ldm/toy.yaml, plus the
 overrides); by default the plain LDM (`model.character_conditioning=false`) and Char-LDM with every
 loss on. `--stack sd15` runs diffusers and our plain LDM on the random-weight SD 1.5 folder of
 bench/make_random_sd15.py instead of the tiny stack (a GPU run: bench/gpu.sh); Char-LDM at that size
@@ -68,7 +68,7 @@ def diffusers_command(args, pretrained: Path, imagefolder: Path, out: Path) -> l
 
 
 def ours_command(args, overrides: list[str], assets: list[str], out: Path, name: str) -> list[str]:
-    return [args.python, "-m", "src.train", "--config", "configs/ldm/toy.yaml", *assets,
+    return [args.python, "-m", "src.train", "--config", "configs/char_ldm/toy.yaml", *assets,
             f"train.batch_size={args.batch}", f"train.mixed_precision={args.precision}",
             f"data.image_size={args.resolution}", f"data.num_workers={args.workers}",
             f"train.max_steps={args.steps}", "train.max_minutes=0", "train.checkpoint_every=100000000",

@@ -23,9 +23,9 @@ def load_captioner(folder, device):
         raise EvalInputError(
             f"caption metrics need a BLIP-2 captioner folder at {folder} (transformers layout), which is "
             "missing; for StoryGPT-V's captioner put Salesforce/blip2-opt-2.7b under pretrained/blip2-opt-2.7b "
-            "and convert the published captioner.pth with `python -m eval.convert_blip2 --lavis captioner.pth "
+            "and convert the published captioner.pth with `python -m src.tools.convert.blip2 --lavis captioner.pth "
             f"--base pretrained/blip2-opt-2.7b --out {folder}` (see pretrained/README.md); on toy build the "
-            "tiny one with `python -m src.tools.tiny_blip2 --out pretrained/tiny/blip2`")
+            "tiny one with `python -m src.tools.tiny.blip2 --out pretrained/tiny/blip2`")
     model = Blip2ForConditionalGeneration.from_pretrained(folder).to(device).eval()
     return model, Blip2Processor.from_pretrained(folder)
 

@@ -5,7 +5,7 @@ error naming that key and the file (or the override) it came from.
 
     python -m eval.protocol configs/eval/toy_story.yaml [key=value ...] --generator-args
 
-prints the src.generate_story options of the protocol's `story:` section (scripts/eval_story.sh), so
+prints the src.generate_story options of the protocol's `story:` section (scripts/eval_seed_story.sh), so
 a story generation and its scoring read one file and the same overrides.
 """
 import argparse
@@ -177,13 +177,13 @@ def main(argv=None):
     parser.add_argument("--generator-args", action="store_true",
                         help="print src.generate_story's options from the `story:` section, one per line")
     parser.add_argument("--get", metavar="KEY", default=None,
-                        help="print one top-level value of the resolved protocol (scripts/eval.sh reads `split`)")
+                        help="print one top-level value of the resolved protocol (scripts/eval_storygptv.sh reads `split`)")
     args = parser.parse_args(argv)
     protocol = load_protocol(args.protocol, args.overrides)
     if "judge" in protocol["metrics"]:  # a judge without an endpoint or key fails now, not after generation
         from eval.judge import JudgeClient
         JudgeClient.from_protocol(protocol["judge"])
-    if args.generator_args:  # one per line: scripts/eval_story.sh reads them with mapfile
+    if args.generator_args:  # one per line: scripts/eval_seed_story.sh reads them with mapfile
         print("\n".join(generator_args(protocol)))
     if args.get is not None:
         if args.get not in protocol:

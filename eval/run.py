@@ -8,13 +8,13 @@ beat, their given opening left out (eval/multimodal.py). Torch is seeded from th
 metric, so two runs on the same machine write identical numbers.
 """
 import argparse
-import sys
 import json
+import sys
 from pathlib import Path
 
 import torch
 
-from eval import scoring
+from eval import scoring, training_run
 from eval.classifier import frame_labels
 from eval.images import LazyFrames
 from eval.judge import JudgeClient, judge_pairwise, judge_scores
@@ -23,7 +23,6 @@ from eval.protocol import load_protocol, resolve_device
 from eval.report import write_report
 from eval.stories_io import pair_with_ground_truth, read_meta, read_samples, read_split
 from eval.train_classifier import ensure_classifier
-from eval import training_run
 from src.errors import run_entry
 
 
@@ -131,7 +130,8 @@ def evaluate(samples_dir, protocol, compare_dir=None, log=print):
         else:
             summary, judged = judge_scores(client, samples, samples_dir, max_frames)
             for aspect, result in summary.items():
-                note = f"{result['missing']} of {result['scored'] + result['missing']} stories missing" if result["missing"] else ""
+                total = result["scored"] + result["missing"]
+                note = f"{result['missing']} of {total} stories missing" if result["missing"] else ""
                 rows[f"Judge {aspect} (1-10)"] = {"value": result["mean"], "note": note}
                 for story_id, scores in judged.items():
                     per_story[story_id][f"judge_{aspect}"] = scores[f"judge_{aspect}"]

@@ -102,7 +102,7 @@ def score_clip(section, generated, real, captions, device, batch_size, real_capt
 
 def score_captions(section, generated, real, dataset_captions, device, batch_size, data_root=None):
     if section["build_tiny"]:
-        from src.tools.tiny_blip2 import ensure_tiny_blip2
+        from src.tools.tiny.blip2 import ensure_tiny_blip2
         ensure_tiny_blip2(section["model"], data_root)
     captioner = load_captioner(section["model"], device)
     options = dict(device=device, batch_size=batch_size, num_beams=section["num_beams"],

@@ -13,18 +13,24 @@ scores temporary long toy stories with data/toy's classifier).
 Shapes: B frames, 3 x S x S pixels, C characters, G backgrounds.
 """
 import argparse
-import sys
 import copy
 import hashlib
 import json
+import sys
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
 
-from eval.classifier import (FrameClassifier, frame_labels, load_classifier, multilabel_scores,
-                             read_classifier_config, save_classifier)
+from eval.classifier import (
+    FrameClassifier,
+    frame_labels,
+    load_classifier,
+    multilabel_scores,
+    read_classifier_config,
+    save_classifier,
+)
 from eval.images import to_tensor
 from eval.protocol import load_protocol, resolve_device
 from eval.stories_io import EvalInputError, load_frame, read_meta, read_split

@@ -52,8 +52,9 @@ def describe(run: dict) -> str:
     config, summary = run["config"], run["summary"]
     model = config["model"]
     what, source = _what_and_source(config.get("task"), model)
+    minutes = minutes_per_step(run) * summary["final_step"]
     return (f"{what} trained on {config['data']['name']} for {summary['final_step']} steps "
-            f"({minutes_per_step(run) * summary['final_step']:.1f} min, batch {config['train']['batch_size']}, lr {config['optim']['lr']:g} "
+            f"({minutes:.1f} min, batch {config['train']['batch_size']}, lr {config['optim']['lr']:g} "
             f"{config['optim']['schedule']}) from {source}")
 
 

@@ -88,11 +88,11 @@ if ! has_gpu; then
 fi
 
 # launch_training CONFIG_PREFIX SCRIPT_NAME DATASET [key=value ...]: the body of every training launcher.
-# The recipe is $CONFIG_PREFIX$DATASET.yaml (e.g. configs/ldm/toy.yaml, configs/story/detokenizer_toy.yaml).
+# The recipe is $CONFIG_PREFIX$DATASET.yaml (e.g. configs/char_ldm/toy.yaml, configs/detokenizer/toy.yaml).
 launch_training() {
   local prefix="$1" script="$2"; shift 2
   local dir="${prefix%/*}" stem="${prefix##*/}"
-  if [ $# -lt 1 ] || [ ! -f "$prefix$1.yaml" ]; then
+  if [ $# -lt 1 ] || [ "$1" = base ] || [ ! -f "$prefix$1.yaml" ]; then
     echo "usage: bash scripts/$script DATASET [key=value ...]; DATASET is one of: $(ls "$dir" | grep "^$stem" | grep -v 'base.yaml$' | sed "s/^$stem//; s/.yaml$//" | tr '\n' ' ')" >&2
     exit 2
   fi

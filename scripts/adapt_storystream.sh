@@ -1,13 +1,3 @@
 #!/usr/bin/env bash
-# SEED-Story stage-3 de-tokenizer adaptation: bash scripts/adapt_storystream.sh [DATASET] [key=value ...]
-#   DATASET    a recipe configs/story/adapt_DATASET.yaml (toy: the default; george)
-#   key=value  config overrides, e.g. model.sft_run=outputs/story_sft/toy_story/default
-#              model.trainable=full_unet train.resume=latest
-#   LAUNCH=cpu|cpu_ddp|single_gpu|ddp|zero2|zero3   accelerate settings (george: zero2)
-#   LAUNCH_ARGS="--num_processes 8"                 extra arguments for accelerate launch
-# It reads the stage-2 run folder (model.sft_run) and the de-tokenizer run that run's config names.
-source "$(dirname "$0")/_env.sh"
-if [ $# -eq 0 ] || [[ "$1" == *=* ]]; then
-  set -- toy "$@"
-fi
-launch_training configs/story/adapt_ adapt_storystream.sh "$@"
+# SEED-Story stage 3 (de-tokenizer adaptation) under the name of its stage-2 command: the same as scripts/train_story_adapt.sh (every argument passed on).
+exec bash "$(dirname "$0")/train_story_adapt.sh" "$@"

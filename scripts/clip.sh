@@ -1,14 +1,3 @@
 #!/usr/bin/env bash
-# Stage-2 alignment targets (the seed's command name): Char-LDM's fused embedding of every frame's
-# original caption with the dataset's fixed references, for train, val and test.
-#   bash scripts/clip.sh DATASET CKPT [--out DIR] [--target fuse|text] [--dtype float16|float32] [--shard-size N]
-# CKPT: a Char-LDM run folder (its latest checkpoint) or one checkpoints/step_NNNNNN folder.
-# Default output: <run>/targets/<step>-<target>/ (safetensors shards + manifest.json); resumes after a kill.
-source "$(dirname "$0")/_env.sh"
-if [ $# -lt 2 ]; then
-  echo "usage: bash scripts/clip.sh DATASET CKPT [--out DIR] [--target fuse|text] [--dtype float16|float32]" >&2
-  exit 2
-fi
-dataset="$1" ckpt="$2"; shift 2
-ensure_venv requirements.txt
-exec python -m src.tools.target_cache --dataset "$dataset" --checkpoint "$ckpt" "$@"
+# StoryGPT-V's own name for building the stage-2 alignment targets: the same as scripts/align_targets.sh (every argument passed on).
+exec bash "$(dirname "$0")/align_targets.sh" "$@"

@@ -5,10 +5,10 @@
 # The StoryGPT-V demo (about 15 minutes on 2 CPU cores, the install included):
 #   1. the virtual environment (.venv, re-installed only when requirements.txt changes),
 #   2. the toy dataset (data/toy) and the tiny pretrained stack (pretrained/tiny) if missing,
-#   3. stage-1 Char-LDM training with the toy recipe (configs/ldm/toy.yaml; resumed if interrupted),
+#   3. stage-1 Char-LDM training with the toy recipe (configs/char_ldm/toy.yaml; resumed if interrupted),
 #      shortened to 900 steps (about 8.5 minutes on a quiet 2-core machine; the 9.5-minute guard stops it
 #      earlier on a slower one) so that the whole demo fits in 15 minutes; the recipe's full 1400 steps are
-#      `bash scripts/train_ldm.sh toy`,
+#      `bash scripts/train_char_ldm.sh toy`,
 #   4. the test split's stories drawn with it, 5. the toy metrics and outputs/demo/report.html, which
 #      opens with a summary, the training losses and Char-Acc/BG-Acc of the periodic val samples.
 # Extra key=value arguments go to the training config (e.g. train.max_steps=300).
@@ -21,13 +21,13 @@ if [ $# -gt 0 ] && [[ "$1" != *=* ]]; then
 fi
 source "$(dirname "$0")/_env.sh"
 ensure_venv requirements.txt
-run=outputs/ldm/toy/demo
+run=outputs/char_ldm/toy/demo
 resume=()
 if ls -d "$run"/checkpoints/step_* >/dev/null 2>&1; then
   echo "continuing the earlier demo run in $run"
   resume=(train.resume=latest)
 fi
-python -m src.train --config configs/ldm/toy.yaml run_name=demo train.max_steps=900 train.max_minutes=9.5 \
+python -m src.train --config configs/char_ldm/toy.yaml run_name=demo train.max_steps=900 train.max_minutes=9.5 \
   "${resume[@]}" "$@"
 python -m src.generate --checkpoint "$run" --split test --out outputs/demo/samples
 python -m eval.run --samples outputs/demo/samples --protocol configs/eval/toy.yaml --out outputs/demo --run "$run"

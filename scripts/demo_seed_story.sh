@@ -3,9 +3,9 @@
 #   0. the virtual environment (.venv, as the StoryGPT-V demo); the toy data (data/toy, data/toy_story)
 #      and the tiny stack (pretrained/tiny: the SD VAE, the SDXL-layout UNet, the tiny Qwen-ViT visual
 #      tokenizer, the tiny Llama) are built by the stages that first need them,
-#   1. stage 1, the de-tokenizer (configs/story/detokenizer_toy.yaml)  -> outputs/detokenizer/toy/demo
-#   2. stage 2, the MLLM's SFT (configs/story/sft_toy.yaml)            -> outputs/story_sft/toy_story/demo
-#   3. stage 3, the de-tokenizer adapted to it (configs/story/adapt_toy.yaml)
+#   1. stage 1, the de-tokenizer (configs/detokenizer/toy.yaml)  -> outputs/detokenizer/toy/demo
+#   2. stage 2, the MLLM's SFT (configs/story_sft/toy.yaml)            -> outputs/story_sft/toy_story/demo
+#   3. stage 3, the de-tokenizer adapted to it (configs/story_adapt/toy.yaml)
 #                                                                      -> outputs/story_adapt/toy_story/demo
 #   4. the MLLM writes 8 val stories from their openings, the adapted de-tokenizer draws them, and
 #      bash eval.sh toy_story scores them under configs/eval/toy_story.yaml with split=val (the demo never
@@ -60,9 +60,9 @@ EXTRA=("$@")
 stage 1 "stage 1: the de-tokenizer draws frames from the visual tokenizer's features" "$DETOK" \
   train_detokenizer.sh train.max_steps=2400 train.max_minutes=8.5
 stage 2 "stage 2: the MLLM learns to write the stories and regress their frames' features" "$SFT" \
-  sft_storystream.sh train.max_steps=600 train.max_minutes=3.5 "model.detokenizer_run=$DETOK"
+  train_story_sft.sh train.max_steps=600 train.max_minutes=3.5 "model.detokenizer_run=$DETOK"
 stage 3 "stage 3: the de-tokenizer adapted to the MLLM's regressed features" "$ADAPT" \
-  adapt_storystream.sh train.max_steps=300 train.max_minutes=4.5 "model.sft_run=$SFT"
+  train_story_adapt.sh train.max_steps=300 train.max_minutes=4.5 "model.sft_run=$SFT"
 
 echo
 echo "== [4/4] val stories written from their openings, drawn and scored -> $OUT"

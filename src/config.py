@@ -1,6 +1,6 @@
 """Run configuration: YAML files with a `base:` chain, command-line overrides, one schema.
 
-`load_config("configs/ldm/toy.yaml", ["train.max_steps=100"])`:
+`load_config("configs/char_ldm/toy.yaml", ["train.max_steps=100"])`:
   1. reads the file and, depth first, every file in its `base:` list (paths relative to the file that
      names them, or to the repository root), merging left to right, the file itself last; an entry
      `{data: configs/data/toy.yaml}` merges that file under the `data:` section;
@@ -116,7 +116,7 @@ class LoggingConfig:
 
 @dataclass
 class RunConfig:
-    task: str = MISSING                  # a name in src.tasks.TASKS
+    task: str = MISSING                  # a name in src.tasks.TASKS (schemas: src/tasks/model_configs.py)
     stage: str = MISSING                 # output folder: <output_root>/<stage>/<data.name>/<run_name>
     run_name: str = "default"
     output_root: str = "outputs"
@@ -209,12 +209,11 @@ def _parse_overrides(overrides: list[str]) -> list[tuple[str, dict]]:
 
 
 def _task_model_config(task_name: str):
-    from src.tasks import get_task_class  # late import: the tasks pull in torch and diffusers
+    from src.tasks.model_configs import MODEL_CONFIGS  # dataclasses only: no torch, no diffusers
 
-    try:
-        return get_task_class(task_name).ModelConfig
-    except KeyError as err:
-        raise ConfigError(str(err.args[0])) from None
+    if task_name not in MODEL_CONFIGS:
+        raise ConfigError(f"key 'task': unknown task '{task_name}'; known tasks: {', '.join(sorted(MODEL_CONFIGS))}")
+    return MODEL_CONFIGS[task_name]
 
 
 def merge_onto_schema(schema: DictConfig, source: str, values) -> DictConfig:

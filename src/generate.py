@@ -1,6 +1,6 @@
 """Generation entry: draw a dataset split's stories with a trained checkpoint.
 
-`python -m src.generate --checkpoint outputs/ldm/toy/default --split test --out outputs/samples/toy`
+`python -m src.generate --checkpoint outputs/char_ldm/toy/default --split test --out outputs/samples/toy`
 
 --checkpoint is a run folder (its latest checkpoint), one `checkpoints/step_NNNNNN` folder or `<run>/best`. The run's
 saved config.yaml rebuilds the models; key=value overrides change sampling (e.g. sample.guidance_scale=3).
@@ -13,9 +13,9 @@ import argparse
 import sys
 from pathlib import Path
 
+from src import runs
 from src.config import load_config
 from src.errors import run_entry
-from src.tasks.from_checkpoint import run_folder_of
 
 
 def main(argv=None) -> int:
@@ -25,31 +25,29 @@ def main(argv=None) -> int:
     parser.add_argument("--out", required=True, type=Path)
     parser.add_argument("--num-stories", type=int, default=None, help="only the first N stories")
     parser.add_argument("--seed", type=int, default=None, help="default: the config's sample.seed")
-    parser.add_argument("--weights", choices=("auto", "ema", "trained"), default="auto",
+    parser.add_argument("--weights", choices=runs.WEIGHTS, default="auto",
                         help="auto: the EMA weights when the run trained with EMA")
     parser.add_argument("--device", default=None, help="default: cuda when available")
     parser.add_argument("overrides", nargs="*")
     args = parser.parse_args(argv)
-    run_dir = run_folder_of(args.checkpoint)
-    cfg = load_config(run_dir / "config.yaml", args.overrides)
+    run_dir = runs.run_folder_of(args.checkpoint)
+    cfg = load_config(run_dir / "config.yaml", args.overrides)  # a bad override fails before anything is read
+    ckpt = runs.resolve_run_checkpoint(args.checkpoint)[1]  # a run folder -> its latest; <run>/best as it is
+    file = runs.weights_file(ckpt, args.weights)
 
     import torch
 
-    from src.engine.checkpoint import load_trainable
+    from src.assets import ensure_assets
     from src.tasks import build_task
-    from src.tasks.from_checkpoint import resolve_run_checkpoint
-    from src.tools.assets import ensure_assets
 
     ensure_assets(cfg)
-    ckpt = resolve_run_checkpoint(args.checkpoint)[1]  # a run folder -> its latest; <run>/best as it is
-    use_ema = args.weights == "ema" or (args.weights == "auto" and (ckpt / "ema.safetensors").is_file())
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     task = build_task(cfg)
-    load_trainable(ckpt, task, use_ema=use_ema)
+    runs.load_weights(task, file)
     task.to(device).eval()
+    weights = "ema" if file.name == "ema.safetensors" else "trained"
     out = task.sample(args.out, args.split, args.num_stories, seed=args.seed,
-                      extra_meta={"checkpoint": str(ckpt), "weights": "ema" if use_ema else "trained",
-                                  "config": str(run_dir / "config.yaml")})
+                      extra_meta={"checkpoint": str(ckpt), "weights": weights, "config": str(run_dir / "config.yaml")})
     print(f"samples: {out}")
     return 0
 

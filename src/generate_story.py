@@ -7,7 +7,7 @@
 
 --mllm / --detokenizer are run folders (their latest checkpoint), `checkpoints/step_N` folders or
 `<run>/best`; each run's saved config.yaml rebuilds its task and its weights load strictly
-(src/tasks/from_checkpoint.py). --mllm is a story_sft run. --detokenizer is a detokenizer run (stage 1)
+(src/runs.py). --mllm is a story_sft run. --detokenizer is a detokenizer run (stage 1)
 or a story_adapt run (stage 3: the de-tokenizer adapted to an MLLM's features); without it, the MLLM
 run's `model.detokenizer_run` draws. Given a story_adapt run, --mllm may be left out: the MLLM is then
 the SFT run it was adapted to (its model.sft_run). Stories come from the MLLM run's data.root (or --data-root): story mode
@@ -30,7 +30,7 @@ from src.pipelines.seed_story import GEN_MODES, DecodeSettings
 def resolve_runs(mllm, detokenizer) -> tuple:
     """(MLLM run, its config, de-tokenizer run, its config, the SFT config the de-tokenizer's tokenizer is
     read from) from the flags; every problem is one error naming the flag or key."""
-    from src.tasks.from_checkpoint import open_run
+    from src.runs import open_run
 
     dcfg = None
     if detokenizer is not None:
@@ -91,27 +91,30 @@ def main(argv=None) -> int:
 
     import torch
 
+    from src import runs
+    from src.assets import ensure_assets
     from src.data.stories import read_split
     from src.pipelines.seed_story import generate_seed_stories
-    from src.tasks.from_checkpoint import check_same_tokenizer, load_task_from_checkpoint, open_run, run_folder_of
 
     # Every input is checked before a model is built: the runs, the visual tokenizers, the stories.
     mllm_run, mcfg, detok_run, dcfg, tokenizer_cfg = resolve_runs(args.mllm, args.detokenizer)
-    check_same_tokenizer(mcfg, tokenizer_cfg, f"the MLLM run ({mllm_run})", f"the de-tokenizer run ({detok_run})")
+    runs.check_same_tokenizer(mcfg, tokenizer_cfg, f"the MLLM run ({mllm_run})", f"the de-tokenizer run ({detok_run})")
     root = args.data_root or Path(mcfg.data.root)
     stories = read_split(root, args.split)[1][:args.num_stories or None]
-    detok, _, dfile = load_task_from_checkpoint(detok_run, args.weights)
+    ensure_assets(mcfg)
+    ensure_assets(dcfg)
+    detok, _, dfile = runs.load_task(detok_run, args.weights)
     meta = {"detokenizer_task": dcfg.task}
     if dcfg.task == "story_adapt":
         adapted_to = detok.upstream["sft_run"]["checkpoint"]
         meta["adapted_to_mllm"] = adapted_to
-        if open_run(mllm_run, ("story_sft",), "--mllm")[1].resolve() == Path(adapted_to).resolve():
+        if runs.open_run(mllm_run, ("story_sft",), "--mllm")[1].resolve() == Path(adapted_to).resolve():
             mllm, mfile = detok.sft, Path(detok.upstream["sft_run"]["file"])  # the one it holds already
         else:
             print(f"note: the de-tokenizer was adapted to the MLLM at {adapted_to}, not {mllm_run}", file=sys.stderr)
-            mllm, _, mfile = load_task_from_checkpoint(mllm_run, args.weights)
+            mllm, _, mfile = runs.load_task(mllm_run, args.weights)
     else:
-        mllm, _, mfile = load_task_from_checkpoint(mllm_run, args.weights)
+        mllm, _, mfile = runs.load_task(mllm_run, args.weights)
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     mllm.to(device).eval()
     detok.to(device).eval()
@@ -119,11 +122,12 @@ def main(argv=None) -> int:
                         sink_images=args.sink_images)
     decode = DecodeSettings(temperature=args.temperature, top_p=args.top_p, max_text_tokens=args.max_text_tokens,
                             seed=args.seed)
-    meta.update({"mllm_checkpoint": str(mfile), "mllm_config": str(run_folder_of(mllm_run) / "config.yaml"),
-                 "detokenizer_checkpoint": str(dfile), "detokenizer_config": str(run_folder_of(detok_run) / "config.yaml"),
+    meta.update({"mllm_checkpoint": str(mfile), "mllm_config": str(runs.run_folder_of(mllm_run) / "config.yaml"),
+                 "detokenizer_checkpoint": str(dfile), "detokenizer_config": str(runs.run_folder_of(detok_run) / "config.yaml"),
                  "dataset_root": str(root), "split": args.split})
-    out = generate_seed_stories(mllm, detok, stories, root, args.out, args.mode, args.beats, args.context, sink,
-                                decode, meta, progress=True)
+    pipe = detok.pipeline(mllm=mllm.mllm, special=mllm.special)
+    out = generate_seed_stories(pipe, stories, root, args.out, args.mode, args.beats, args.context, sink, decode, meta,
+                                progress=True)
     print(f"samples: {out}")
     return 0
 

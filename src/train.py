@@ -1,4 +1,4 @@
-"""Training entry: `python -m src.train --config configs/ldm/toy.yaml [key=value ...] [--debug]`.
+"""Training entry: `python -m src.train --config configs/char_ldm/toy.yaml [key=value ...] [--debug]`.
 
 Launch through accelerate for several processes (scripts/train_*.sh do):
 `accelerate launch --config_file configs/accelerate/cpu_ddp.yaml -m src.train --config ...`.
@@ -16,13 +16,13 @@ from src.errors import run_entry
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--config", required=True, help="a YAML recipe, e.g. configs/ldm/toy.yaml")
+    parser.add_argument("--config", required=True, help="a YAML recipe, e.g. configs/char_ldm/toy.yaml")
     parser.add_argument("overrides", nargs="*", help="key=value overrides, e.g. train.max_steps=100")
     args = parser.parse_args(argv)
     cfg = load_config(args.config, args.overrides)  # a bad config fails before any model is built
     # The toy dataset and the tiny stack are built here, before the engine starts (every process calls
-    # this; a lock lets one build while the others wait: src/tools/assets.py).
-    from src.tools.assets import ensure_assets
+    # this; a lock lets one build while the others wait: src/assets.py).
+    from src.assets import ensure_assets
 
     ensure_assets(cfg)
     from src.engine.loop import train

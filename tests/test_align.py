@@ -16,22 +16,14 @@ from src.engine.tracking import read_metrics
 RECIPE = "configs/align/toy.yaml"
 
 
-@pytest.fixture(scope="module")
-def stage1(toy_root, tiny_root, tmp_path_factory) -> Path:
-    """A Char-LDM run (2 steps) on the small toy set: enough to have a checkpoint to align with."""
-    from src.train import main
-
-    out = tmp_path_factory.mktemp("stage1")
-    assert main(["--config", "configs/ldm/toy.yaml", f"data.root={toy_root}", f"tiny_stack={tiny_root}",
-                 f"model.pretrained={tiny_root}/stable-diffusion-v1-5", f"model.image_encoder={tiny_root}/clip",
-                 f"output_root={out}", "logging.tensorboard=false", "train.batch_size=4", "train.max_steps=2",
-                 "train.checkpoint_every=2", "sample.num_stories=1", "sample.num_inference_steps=1", "run_name=s1"]) == 0
-    return out / "ldm" / "toy" / "s1"
+@pytest.fixture
+def stage1(stage1_run) -> Path:
+    return stage1_run
 
 
 @pytest.fixture(scope="module")
 def llms(tiny_root, toy_root) -> Path:
-    from src.tools.tiny_llm import FOLDERS, ensure_tiny_llm
+    from src.tools.tiny.llm import FOLDERS, ensure_tiny_llm
 
     for family, name in FOLDERS.items():
         ensure_tiny_llm(tiny_root / name, toy_root, family, steps=150)
@@ -40,7 +32,7 @@ def llms(tiny_root, toy_root) -> Path:
 
 @pytest.fixture(scope="module")
 def cache(stage1) -> Path:
-    from src.tools.target_cache import build_target_cache
+    from src.tools.align_targets import build_target_cache
 
     return build_target_cache(stage1, shard_size=16, log=lambda *a: None)
 
@@ -97,7 +89,7 @@ def test_an_llm_folder_without_a_tokenizer_is_a_one_line_error(llms, tmp_path):
 
 # ---- prompt, mapper, frozen mode ---------------------------------------------------------------------
 def test_the_prompt_interleaves_frames_and_captions_exactly(overrides):
-    from src.tasks.align import story_prompt
+    from src.models.storygptv_stage2 import story_prompt
 
     task = build(overrides)
     llm, K, R = task.llm, 4, 8
@@ -125,10 +117,10 @@ def test_the_prompt_interleaves_frames_and_captions_exactly(overrides):
 
 
 def test_the_mapper_output_has_char_ldm_conditioning_shape(overrides, stage1):
-    from src.tasks.from_checkpoint import load_task_from_checkpoint
+    from src.runs import load_task
 
     task = build(overrides)
-    ldm = load_task_from_checkpoint(stage1)[0]
+    ldm = load_task(stage1)[0]
     expected = ldm.encode_text(["Ada ran."]).shape[1:]
     tokens = task.frame_tokens(torch.zeros(2, 3, 64, 64))
     out = task.condition([["Ada ran.", "She sat."]], [1], [list(tokens)])["conditioning"]
@@ -170,7 +162,7 @@ def test_lora_mode_trains_adapters_and_not_the_base_weights(overrides):
 
 # ---- target cache ------------------------------------------------------------------------------------
 def test_the_cache_resumes_after_a_kill_and_refuses_a_foreign_checkpoint(stage1, cache, tmp_path, monkeypatch):
-    import src.tools.target_cache as tc
+    import src.tools.align_targets as tc
 
     out = tmp_path / "cache"
     real_save, saved = tc.save_file, []
@@ -209,7 +201,7 @@ def test_the_cache_resumes_after_a_kill_and_refuses_a_foreign_checkpoint(stage1,
 
 
 def test_an_align_run_on_a_cache_from_another_checkpoint_is_a_one_line_error(overrides, cache, tmp_path):
-    from src.tools.target_cache import TargetCacheError
+    from src.tools.align_targets import TargetCacheError
 
     other = tmp_path / "other"
     shutil.copytree(cache, other)
@@ -237,8 +229,8 @@ def test_a_missing_caption_field_is_an_error_naming_the_file_and_field(overrides
 
 # ---- training -----------------------------------------------------------------------------------------
 def test_alignment_loss_falls_and_validation_keeps_the_best_weights(overrides):
-    o = overrides + ["model.llm_mode=frozen", "run_name=learn", "train.max_steps=40", "train.checkpoint_every=40", "optim.warmup_steps=5",
-                     "train.validate_every=20", "train.batch_size=8"]
+    o = overrides + ["model.llm_mode=frozen", "run_name=learn", "train.max_steps=40", "train.checkpoint_every=40",
+                     "optim.warmup_steps=5", "train.validate_every=20", "train.batch_size=8"]
     train(o)
     rows = read_metrics(run_dir(o, "learn"))
     align = [r["train/align"] for r in rows if "train/align" in r]
@@ -314,11 +306,10 @@ def test_released_v2_diffusion_loss_feeds_the_vae_frames_in_minus_one_to_one(ove
 
 def test_pronoun_frames_take_the_llm_conditioning_from_step_0(overrides, stage1, tmp_path):
     from src.data.stories import read_split
-    from src.pipelines.storygptv import generate_stage2_stories
-    from src.tasks.from_checkpoint import load_task_from_checkpoint
+    from src.runs import load_task
 
     task = build(overrides + ["sample.guidance_scale=1.0", "sample.num_inference_steps=2", "sample.scheduler=DDIMScheduler"])
-    ldm, _, weights = load_task_from_checkpoint(stage1, overrides=["model.start_merge_step=1"])
+    ldm, _, weights = load_task(stage1, overrides=["model.start_merge_step=1"])
     task._stage1.update(task=ldm.requires_grad_(False).eval(), weights=str(weights))
     stories = read_split(task.cfg.data.root, "test")[1]
     index = next(i for i, s in enumerate(stories) if s.captions_coref[1:] != s.captions[1:]
@@ -327,7 +318,7 @@ def test_pronoun_frames_take_the_llm_conditioning_from_step_0(overrides, stage1,
     seen = []  # one entry per UNet call: the frames k of every story, drawn together
     ldm.unet.register_forward_pre_hook(lambda m, args, kwargs: seen.append(kwargs["encoder_hidden_states"]
                                        if "encoder_hidden_states" in kwargs else args[2]), with_kwargs=True)
-    generate_stage2_stories(task, ldm, tmp_path / "gen", "test", num_stories=index + 1, progress=False)
+    task.sample(tmp_path / "gen", "test", num_stories=index + 1)
     steps = 2
     assert len(seen) == story.num_frames * steps
     for k in range(1, story.num_frames):
@@ -365,8 +356,8 @@ def gill_state_dict(task) -> dict:
 
 @pytest.mark.parametrize("llm", ["opt-6.7b", "Llama-2-7b-hf"])
 def test_the_converter_maps_the_gill_key_layout(overrides, llms, llm, tmp_path, capsys):
-    from src.tasks.from_checkpoint import load_task_from_checkpoint
-    from src.tools.convert_storygptv_llm import ConversionError, convert_state_dict, main
+    from src.runs import load_task
+    from src.tools.convert.storygptv_llm import ConversionError, convert_state_dict, main
 
     o = overrides + [f"model.llm={llms}/{llm}", "model.llm_mode=frozen"]  # the release's mode
     task = build(o)
@@ -374,7 +365,7 @@ def test_the_converter_maps_the_gill_key_layout(overrides, llms, llm, tmp_path, 
     torch.save(source, tmp_path / "pretrained_ckpt.pth.tar")
     out = tmp_path / "converted"
     assert main(["--src", str(tmp_path / "pretrained_ckpt.pth.tar"), "--out", str(out), "--config", RECIPE, *o]) == 0
-    converted = load_task_from_checkpoint(out)[0]   # strict: exactly the task's trainable weights
+    converted = load_task(out)[0]   # strict: exactly the task's trainable weights
     state = source["state_dict"]
     assert torch.equal(converted.llm.image_embeddings, state["model.input_embeddings.weight"])
     assert torch.equal(converted.visual_tokens.proj.bias, state["model.visual_embeddings.bias"])

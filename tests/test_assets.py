@@ -1,4 +1,4 @@
-"""Asset preparation (src/tools/assets.py) as the entries run it: several processes of one launch call
+"""Asset preparation (src/assets.py) as the entries run it: several processes of one launch call
 ensure_assets at once; one builds the toy dataset, the others wait and find it ready."""
 from __future__ import annotations
 
@@ -12,8 +12,8 @@ REPO = Path(__file__).resolve().parent.parent
 SCRIPT = """
 import sys
 from src.config import load_config
-from src.tools.assets import ensure_assets
-ensure_assets(load_config("configs/ldm/toy.yaml", sys.argv[1:]))
+from src.assets import ensure_assets
+ensure_assets(load_config("configs/char_ldm/toy.yaml", sys.argv[1:]))
 """
 
 

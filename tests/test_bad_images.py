@@ -132,7 +132,7 @@ def test_a_bad_mask_names_the_story_line(toy_root, tmp_path):
 def test_story_sft_entry_names_the_bad_image(toy_root, seed_stack, tmp_path, how):
     """SEED-Story's SFT recipe (StoryDataset) on the tiny stack; the bad frame is read at the first step."""
     root, expected = bad_copy(toy_root, tmp_path / "toy", how)
-    proc = run(["src.train", "--config", "configs/story/sft_toy.yaml", f"data.root={root}",
+    proc = run(["src.train", "--config", "configs/story_sft/toy.yaml", f"data.root={root}",
                 f"tiny_stack={seed_stack}", f"model.llm={seed_stack}/Llama-2-7b-hf",
                 f"model.tokenizer_path={seed_stack}/qwen_vit.safetensors", f"output_root={tmp_path}/outputs",
                 "logging.tensorboard=false", "train.validate_every=0", "train.max_steps=1",
@@ -146,6 +146,6 @@ def test_ldm_entry_names_the_bad_image(toy_root, char_ldm_overrides, tmp_path, h
     the user as the same one line (src/errors.py worker_error), not a RuntimeError traceback."""
     root, expected = bad_copy(toy_root, tmp_path / "toy", how)
     frames = read_split(root, "train")[1][0].num_frames
-    proc = run(["src.train", "--config", "configs/ldm/toy.yaml", *char_ldm_overrides, f"data.root={root}",
+    proc = run(["src.train", "--config", "configs/char_ldm/toy.yaml", *char_ldm_overrides, f"data.root={root}",
                 "train.max_steps=1", f"train.batch_size={STORIES * frames}", f"data.num_workers={workers}"])
     assert_one_line(proc, expected)

@@ -1,8 +1,8 @@
 """bench/story_context.py's quality columns (--protocol): each context mode's samples are scored by the
 classifier trained on the protocol's own dataset (named explicitly, `classifier.trained_on`), against the
 ground truth of the bench's temporary long stories; a missing classifier stops the bench in one line,
-and is never trained there. Driven as a user runs it, on test_story_generate's tiny story_sft and
-detokenizer runs and a classifier trained briefly on the session's small toy dataset."""
+and is never trained there. Driven as a user runs it, on the session's tiny story_sft and
+detokenizer runs (conftest.py) and a classifier trained briefly on the session's small toy dataset."""
 from __future__ import annotations
 
 import json
@@ -15,7 +15,6 @@ from pathlib import Path
 import pytest
 
 from src.errors import run_entry
-from tests.test_story_generate import runs  # noqa: F401 (a fixture: the tiny story_sft and detokenizer runs)
 
 REPO = Path(__file__).resolve().parent.parent
 QUALITY = ("Char-Acc (%)", "BG-Acc (%)", "Frechet distance (classifier features)")
@@ -50,10 +49,10 @@ def table(stdout: str) -> list[dict]:
             for line in lines[header + 2:] if line.startswith("|")]
 
 
-def test_each_mode_is_scored_by_the_reference_datasets_classifier(runs, classifier, toy_root):
+def test_each_mode_is_scored_by_the_reference_datasets_classifier(seed_runs, classifier, toy_root):
     folder, overrides = classifier
     trained = (folder / "model.safetensors").stat().st_mtime_ns
-    proc = bench(runs, overrides)
+    proc = bench(seed_runs, overrides)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert f"scored by the classifier in {folder} (trained on {toy_root})" in proc.stdout
     rows = table(proc.stdout)
@@ -67,22 +66,22 @@ def test_each_mode_is_scored_by_the_reference_datasets_classifier(runs, classifi
     assert json.loads((folder / "config.json").read_text())["data_root"] == str(toy_root)
 
 
-def test_without_the_trained_classifier_the_bench_stops_in_one_line(runs, classifier, tmp_path):
+def test_without_the_trained_classifier_the_bench_stops_in_one_line(seed_runs, classifier, tmp_path):
     _, overrides = classifier
     missing = tmp_path / "no_classifier"
-    proc = bench(runs, [*overrides, f"classifier.dir={missing}"])
+    proc = bench(seed_runs, [*overrides, f"classifier.dir={missing}"])
     errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
     assert proc.returncode == 2 and len(errors) == 1, proc.stderr[-3000:]
     assert f"{missing} holds no classifier; train it with `python -m eval.train_classifier" in errors[0]
     assert not missing.exists() and "| beats" not in proc.stdout  # nothing trained, nothing drawn
 
 
-def test_a_classifier_of_other_settings_or_labels_is_refused(runs, classifier, tmp_path, capsys):
+def test_a_classifier_of_other_settings_or_labels_is_refused(seed_runs, classifier, tmp_path, capsys):
     from bench.story_context import main
 
     folder, overrides = classifier
     # other settings than the classifier was trained with: its fingerprint differs
-    assert run_entry(main, ["--mllm", str(runs["mllm"]), "--detokenizer", str(runs["detok"]),
+    assert run_entry(main, ["--mllm", str(seed_runs["mllm"]), "--detokenizer", str(seed_runs["detok"]),
                             "--protocol", "configs/eval/toy.yaml", *overrides, "classifier.epochs=2"]) == 2
     error = capsys.readouterr().err
     assert f"{folder} holds a classifier trained on other data or settings" in error
@@ -102,10 +101,10 @@ def test_a_classifier_of_other_settings_or_labels_is_refused(runs, classifier, t
         ensure_classifier(protocol, "cpu")
 
 
-def test_sink_images_rows_the_released_refill_and_the_plot(runs, classifier, tmp_path):
+def test_sink_images_rows_the_released_refill_and_the_plot(seed_runs, classifier, tmp_path):
     _, overrides = classifier
     plot = tmp_path / "beats.svg"
-    proc = bench(runs, overrides, modes=("dense_refill", "multimodal_sink"),
+    proc = bench(seed_runs, overrides, modes=("dense_refill", "multimodal_sink"),
                  extra=("--sink-images", "all", "0", "--window-images", "1", "--split", "val", "--plot", str(plot)))
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "1 val stories per length" in proc.stdout
@@ -115,5 +114,5 @@ def test_sink_images_rows_the_released_refill_and_the_plot(runs, classifier, tmp
     assert all(0 <= float(row["Char-Acc (%)"]) <= 100 and float(row["LLM s/beat, last 10"]) > 0 for row in rows)
     svg = plot.read_text()
     assert svg.count("<polyline") == 3 and "multimodal_sink, 0 sink images" in svg
-    bad = bench(runs, overrides, extra=("--sink-images", "three"))
+    bad = bench(seed_runs, overrides, extra=("--sink-images", "three"))
     assert bad.returncode == 2 and "--sink-images: not 'all' or an integer >= 0: 'three'" in bad.stderr

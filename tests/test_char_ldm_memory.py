@@ -7,7 +7,7 @@ from pathlib import Path
 
 import torch
 
-RECIPE = "configs/ldm/toy.yaml"
+RECIPE = "configs/char_ldm/toy.yaml"
 
 
 def build(overrides: list[str]):
@@ -103,5 +103,5 @@ def test_char_ldm_trains_with_gradient_checkpointing_through_the_entry_point(cha
                                       "model.gradient_checkpointing=true", "sample.num_stories=1"]
     assert main(["--config", RECIPE, *overrides]) == 0
     root = next(o.split("=", 1)[1] for o in overrides if o.startswith("output_root="))
-    metrics = read_metrics(Path(root) / "ldm" / "toy" / "ckpt")
+    metrics = read_metrics(Path(root) / "char_ldm" / "toy" / "ckpt")
     assert len(metrics) == 3 and all(m["train/attention"] != 0 for m in metrics)

@@ -7,8 +7,12 @@ import torch
 from transformers import CLIPTokenizer
 
 from src.data.references import augment_references, crop_reference
-from src.models.attention_control import (AttentionStore, CharacterAttnProcessor, attention_control_loss,
-                                          install_processors, name_token_weights)
+from src.models.attention_control import (
+    AttentionStore,
+    attention_control_loss,
+    install_processors,
+    name_token_weights,
+)
 from src.models.fuse import FuseModule
 from src.models.name_tokens import find_names, name_patterns, name_token_positions
 

@@ -5,6 +5,7 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
+from src import runs
 from src.engine import checkpoint as ckpt
 from src.tasks.base import Task
 
@@ -68,14 +69,14 @@ def test_a_crash_while_saving_leaves_the_previous_checkpoint_as_latest(tmp_path,
     with pytest.raises(KeyboardInterrupt):
         ckpt.save_checkpoint(tmp_path, 10, task, optimizer, scheduler, None, OneProcess(), keep_last=3)
     assert (tmp_path / "step_000010.tmp").is_dir()
-    assert ckpt.resolve_checkpoint("latest", tmp_path).name == "step_000005"
+    assert runs.resolve_checkpoint("latest", tmp_path).name == "step_000005"
     fresh, fresh_opt, fresh_sched = parts()
-    assert ckpt.load_checkpoint(ckpt.resolve_checkpoint("latest", tmp_path), fresh, fresh_opt, fresh_sched,
+    assert ckpt.load_checkpoint(runs.resolve_checkpoint("latest", tmp_path), fresh, fresh_opt, fresh_sched,
                                 None, OneProcess()) == 5
 
     monkeypatch.setattr(ckpt, "save_file", save_file)  # the next save of that step replaces the leftover
     ckpt.save_checkpoint(tmp_path, 10, task, optimizer, scheduler, None, OneProcess(), keep_last=3)
-    assert ckpt.resolve_checkpoint("latest", tmp_path).name == "step_000010"
+    assert runs.resolve_checkpoint("latest", tmp_path).name == "step_000010"
     assert not (tmp_path / "step_000010.tmp").exists()
 
 
@@ -83,7 +84,7 @@ def test_keep_last_prunes_oldest(tmp_path):
     task, optimizer, scheduler = parts()
     for step in (1, 2, 3, 4):
         ckpt.save_checkpoint(tmp_path, step, task, optimizer, scheduler, None, OneProcess(), keep_last=2)
-    assert [p.name for p in ckpt.list_checkpoints(tmp_path)] == ["step_000003", "step_000004"]
+    assert [p.name for p in runs.list_checkpoints(tmp_path)] == ["step_000003", "step_000004"]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["step_000003", "step_000004"]
 
 

@@ -16,7 +16,7 @@ def write(path: Path, text: str) -> Path:
 
 def recipe(tmp_path, body: str = "") -> Path:
     write(tmp_path / "data.yaml", "name: toy\nroot: data/toy\nimage_size: 64\n")
-    write(tmp_path / "base.yaml", "task: ldm\nstage: ldm\noptim:\n  lr: 0.001\ntrain:\n  max_steps: 10\n")
+    write(tmp_path / "base.yaml", "task: char_ldm\nstage: char_ldm\noptim:\n  lr: 0.001\ntrain:\n  max_steps: 10\n")
     return write(tmp_path / "run.yaml", "base:\n  - base.yaml\n  - data: data.yaml\n" + body)
 
 
@@ -39,7 +39,7 @@ def test_typo_in_file_names_key_and_file(tmp_path):
 
 def test_typo_in_base_file_names_that_base_file(tmp_path):
     recipe(tmp_path)
-    write(tmp_path / "base.yaml", "task: ldm\nstage: ldm\nmodel:\n  pretraind: x\n")
+    write(tmp_path / "base.yaml", "task: char_ldm\nstage: char_ldm\nmodel:\n  pretraind: x\n")
     with pytest.raises(ConfigError) as err:
         load_config(tmp_path / "run.yaml")
     assert "model.pretraind" in str(err.value) and "base.yaml" in str(err.value)
@@ -66,7 +66,7 @@ def test_bad_override_names_the_override(tmp_path):
 def test_invalid_choice_and_missing_values(tmp_path):
     with pytest.raises(ConfigError, match="optim.schedule"):
         load_config(recipe(tmp_path), ["optim.schedule=linearish"])
-    write(tmp_path / "bare.yaml", "task: ldm\n")
+    write(tmp_path / "bare.yaml", "task: char_ldm\n")
     with pytest.raises(ConfigError, match="stage"):
         load_config(tmp_path / "bare.yaml")
     write(tmp_path / "notask.yaml", "stage: ldm\n")
@@ -78,7 +78,7 @@ def test_invalid_choice_and_missing_values(tmp_path):
 
 
 def test_missing_base_and_bad_yaml_are_named(tmp_path):
-    write(tmp_path / "a.yaml", "base: [nothere.yaml]\ntask: ldm\n")
+    write(tmp_path / "a.yaml", "base: [nothere.yaml]\ntask: char_ldm\n")
     with pytest.raises(ConfigError, match="nothere.yaml"):
         load_config(tmp_path / "a.yaml")
     write(tmp_path / "b.yaml", "task: [ldm\n")
@@ -96,9 +96,9 @@ def test_resolved_config_rebuilds_the_same_run(tmp_path):
 
 @pytest.mark.parametrize("name", ["toy", "flintstones", "pororo"])
 def test_shipped_ldm_recipes_validate(name):
-    if not (REPO / f"configs/ldm/{name}.yaml").exists():
-        pytest.fail(f"configs/ldm/{name}.yaml is missing")
-    cfg = load_config(REPO / f"configs/ldm/{name}.yaml")
+    if not (REPO / f"configs/char_ldm/{name}.yaml").exists():
+        pytest.fail(f"configs/char_ldm/{name}.yaml is missing")
+    cfg = load_config(REPO / f"configs/char_ldm/{name}.yaml")
     assert cfg.task == "char_ldm" and cfg.model.character_conditioning and cfg.data.name == name
     if name != "toy":  # the paper's real-data values (docs/storygpt_v.md)
         assert (cfg.data.image_size, cfg.optim.lr, cfg.train.batch_size, cfg.train.mixed_precision) == \

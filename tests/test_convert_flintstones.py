@@ -291,8 +291,8 @@ def test_prepare_script_converts_and_rejects_bad_arguments(tmp_path):
 
 @pytest.fixture
 def tiny_sd(request) -> Path:
-    """The session's tiny Stable Diffusion folder (tests/conftest.py builds it with src.tools.tiny_stack)."""
-    pytest.importorskip("src.tools.tiny_stack", reason="src/tools/tiny_stack.py (the tiny pretrained stack) is not there yet")
+    """The session's tiny Stable Diffusion folder (tests/conftest.py builds it with src.tools.tiny.stack)."""
+    pytest.importorskip("src.tools.tiny.stack", reason="src/tools/tiny/stack.py (the tiny pretrained stack) is not there yet")
     return request.getfixturevalue("tiny_root") / "stable-diffusion-v1-5"
 
 
@@ -303,11 +303,12 @@ def test_converted_data_trains_one_step_of_stage1(tmp_path, tiny_sd):
     out = tmp_path / "flintstones_converted"
     convert("flintstones", write_storygptv(tmp_path / "flintstones"), out, FACTS, progress=False)
     overrides = [f"data.root={out}", "data.image_size=64", f"model.pretrained={tiny_sd}",
-                 f"model.image_encoder={tiny_sd.parent / 'clip'}", f"output_root={tmp_path}/outputs", "logging.tensorboard=false", "train.max_steps=1", "sample.scheduler=DPMSolverMultistepScheduler",
+                 f"model.image_encoder={tiny_sd.parent / 'clip'}", f"output_root={tmp_path}/outputs",
+                 "logging.tensorboard=false", "train.max_steps=1", "sample.scheduler=DPMSolverMultistepScheduler",
                  "train.batch_size=4", "train.mixed_precision=no", "train.log_every=1", "train.checkpoint_every=1",
                  "sample.num_stories=1", "sample.num_inference_steps=2", "data.num_workers=0",
                  "data.caption_field=captions_coref"]
-    assert train_main(["--config", str(REPO / "configs/ldm/flintstones.yaml"), *overrides]) == 0
+    assert train_main(["--config", str(REPO / "configs/char_ldm/flintstones.yaml"), *overrides]) == 0
     (run_dir,) = (tmp_path / "outputs").glob("*/flintstones/*")
     (record,) = read_metrics(run_dir)
     losses = [v for k, v in record.items() if "loss" in k]

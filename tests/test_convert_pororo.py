@@ -10,6 +10,7 @@ import json
 import pickle
 from pathlib import Path
 
+import h5py
 import numpy as np
 from PIL import Image
 
@@ -17,8 +18,6 @@ from src.data.convert import convert, detect_layout
 from src.data.prepare import load_facts
 from src.data.stories import read_split
 from tests.test_convert_flintstones import png_bytes
-
-import h5py
 
 REPO = Path(__file__).resolve().parent.parent
 FACTS, _ = load_facts(REPO / "configs/data/pororo.yaml", "pororo")

@@ -1,5 +1,5 @@
 """The released SEED-Story agent (ContinuousLVLM: a peft 0.4 LoRA Llama with a resized vocabulary, input and
-output resamplers) -> story_sft's trainable weights (src/tools/convert_seed_agent.py).
+output resamplers) -> story_sft's trainable weights (src/tools/convert/seed_agent.py).
 
 The "release" here is built independently of the converter, at tiny size, the way SEED-Story builds its
 agent (docs/seed_story.md): the tiny Llama with its vocabulary resized to V+2+K, peft's LoRA with the recipe's
@@ -16,9 +16,9 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from src.errors import run_entry
-from src.tools.convert_seed_agent import main
+from src.tools.convert.seed_agent import main
 
-RECIPE = "configs/story/sft_toy.yaml"
+RECIPE = "configs/story_sft/toy.yaml"
 
 
 @pytest.fixture

@@ -1,4 +1,4 @@
-"""StoryGPT-V stage-1 converter (src/tools/convert_storygptv_ldm.py).
+"""StoryGPT-V stage-1 converter (src/tools/convert/storygptv_ldm.py).
 
 The fixture is a StoryModel state dict in the original key names (StoryGPT-V models/model.py, after
 FastComposer): `unet.*` of a tiny diffusers UNet, `image_encoder.vision_model.*` /
@@ -19,9 +19,9 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from src.engine.checkpoint import resolve_checkpoint
 from src.errors import run_entry
-from src.tools.convert_storygptv_ldm import ConversionError, convert_state_dict, main
+from src.runs import resolve_checkpoint
+from src.tools.convert.storygptv_ldm import ConversionError, convert_state_dict, main
 
 REPO = Path(__file__).resolve().parent.parent
 DIM = 16        # text width = projection width = fuse width = UNet cross-attention width
@@ -112,7 +112,7 @@ def our_task():
 
 def run_cli(*args) -> subprocess.CompletedProcess:
     env = {**os.environ, "PYTHONPATH": str(REPO)}
-    return subprocess.run([sys.executable, "-m", "src.tools.convert_storygptv_ldm", *map(str, args)],
+    return subprocess.run([sys.executable, "-m", "src.tools.convert.storygptv_ldm", *map(str, args)],
                           cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
 
 
@@ -226,7 +226,7 @@ def test_config_is_checked_and_saved_for_generate(source, tmp_path, capsys):
     from src.generate import run_folder_of
 
     _, src = source
-    recipe = str(REPO / "configs/ldm/toy.yaml")
+    recipe = str(REPO / "configs/char_ldm/toy.yaml")
     out = tmp_path / "run"
     code = run_entry(main, ["--src", str(src), "--out", str(out), "--image-encoder-trainable-layers", "1",
                             "--config", recipe, "model.image_encoder_trainable_layers=2"])

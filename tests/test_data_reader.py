@@ -28,7 +28,7 @@ GOOD = {"id": "s0", "images": ["images/a.png", "images/b.png"], "captions": ["Ad
 def write_dataset(root, lines, meta=META):
     root.mkdir(parents=True, exist_ok=True)
     (root / "meta.json").write_text(json.dumps(meta))
-    (root / "train.jsonl").write_text("".join(l if isinstance(l, str) else json.dumps(l) + "\n" for l in lines))
+    (root / "train.jsonl").write_text("".join(line if isinstance(line, str) else json.dumps(line) + "\n" for line in lines))
     return root
 
 

@@ -44,7 +44,7 @@ def test_the_default_demo_is_still_storygptv():
     chain lives in its own script."""
     text = (REPO / "scripts" / "demo.sh").read_text()
     default = text[text.index("source "):]  # what runs once the dispatch has let the arguments through
-    assert "configs/ldm/toy.yaml" in default and "python -m src.generate --checkpoint" in default
+    assert "configs/char_ldm/toy.yaml" in default and "python -m src.generate --checkpoint" in default
     assert "configs/eval/toy.yaml" in default and "seed_story" not in default
     dispatch = text[text.index('if [ $# -gt 0 ] && [[ "$1" != *=* ]]'):text.index("source ")]
     assert 'exec bash "$(dirname "$0")/demo_seed_story.sh"' in dispatch

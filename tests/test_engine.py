@@ -1,8 +1,8 @@
 """Engine pieces that need no model: the data order and checkpoint bookkeeping."""
 import pytest
 
-from src.engine.checkpoint import list_checkpoints, resolve_checkpoint
 from src.engine.sampler import StepBatchSampler
+from src.runs import list_checkpoints, resolve_checkpoint
 
 
 def test_data_order_is_a_function_of_the_step():

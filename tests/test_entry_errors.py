@@ -61,7 +61,7 @@ def where(root: Path, split: str) -> str:
 
 def test_train_names_the_broken_story_line(toy_root, char_ldm_overrides, tmp_path):
     root = broken_copy(toy_root, tmp_path / "toy", "train")
-    args = ["src.train", "--config", "configs/ldm/toy.yaml", *char_ldm_overrides, f"data.root={root}"]
+    args = ["src.train", "--config", "configs/char_ldm/toy.yaml", *char_ldm_overrides, f"data.root={root}"]
     assert_one_line(run(args), where(root, "train"))
     assert_traceback(run(args, debug=True), where(root, "train"))
 
@@ -71,8 +71,8 @@ def test_generate_names_the_broken_story_line(toy_root, char_ldm_overrides, tmp_
 
     overrides = [*char_ldm_overrides, "run_name=one", "train.max_steps=1", "train.checkpoint_every=1",
                  "sample.num_stories=1"]
-    assert train_main(["--config", "configs/ldm/toy.yaml", *overrides]) == 0
-    run_dir = tmp_path / "outputs" / "ldm" / "toy" / "one"
+    assert train_main(["--config", "configs/char_ldm/toy.yaml", *overrides]) == 0
+    run_dir = tmp_path / "outputs" / "char_ldm" / "toy" / "one"
     root = broken_copy(toy_root, tmp_path / "toy", "test")
     args = ["src.generate", "--checkpoint", str(run_dir), "--split", "test", "--out", str(tmp_path / "gen"),
             "--device", "cpu", f"data.root={root}"]
@@ -126,7 +126,7 @@ def test_check_reports_the_broken_line(toy_root, tmp_path):
 def test_converter_names_the_bad_source_file(tmp_path):
     src = tmp_path / "pytorch_model.bin"
     src.write_bytes(b"not a torch file")
-    args = ["src.tools.convert_storygptv_ldm", "--src", str(src), "--out", str(tmp_path / "run"),
+    args = ["src.tools.convert.storygptv_ldm", "--src", str(src), "--out", str(tmp_path / "run"),
             "--image-encoder-trainable-layers", "2"]
     assert_one_line(run(args), str(src))
     assert_traceback(run(args, debug=True), str(src))

@@ -4,11 +4,11 @@ import torch
 from PIL import Image
 
 from eval.captioning import caption_frames, caption_scores, load_captioner
-from eval.convert_blip2 import convert, lavis_to_transformers, overlay, transformers_to_lavis
 from eval.stories_io import EvalInputError
-from src.tools.tiny_blip2 import build_tiny_blip2, ensure_tiny_blip2
+from src.tools.convert.blip2 import convert, lavis_to_transformers, overlay, transformers_to_lavis
+from src.tools.tiny.blip2 import build_tiny_blip2, ensure_tiny_blip2
 
-# The tiny model's sizes (src/tools/tiny_blip2.py): width 32, MLP 64, 2 layers everywhere,
+# The tiny model's sizes (src/tools/tiny/blip2.py): width 32, MLP 64, 2 layers everywhere,
 # 16 patches + CLS, 8 query tokens, Q-Former cross-attention on even layers.
 D, MLP, PATCH, TOKENS = 32, 64, 16, 8
 

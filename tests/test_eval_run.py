@@ -53,9 +53,9 @@ def classifier_dir(toy_root, tmp_path_factory):
 def tiny_clip(tmp_path_factory):
     """The tiny stack's CLIP folder, built with its own builders but without the VAE training that
     build_tiny_stack does first (minutes on CPU; CLIP does not need it)."""
-    from src.tools.tiny_config import load_tiny_config
-    from src.tools.tiny_models import build_clip_model, build_image_processor, build_text_encoder
-    from src.tools.tiny_tokenizer import build_clip_tokenizer
+    from src.tools.tiny.config import load_tiny_config
+    from src.tools.tiny.models import build_clip_model, build_image_processor, build_text_encoder
+    from src.tools.tiny.tokenizer import build_clip_tokenizer
     folder = tmp_path_factory.mktemp("tiny") / "clip"
     config = load_tiny_config()
     build_clip_model(config, 0, build_text_encoder(config, 0)).save_pretrained(folder)

@@ -12,7 +12,7 @@ from src.tools.shape_check import main
 
 ASSETS = Path(__file__).resolve().parent / "assets" / "config_only"
 SD15, CLIP_L = ASSETS / "stable-diffusion-v1-5", ASSETS / "clip-vit-large-patch14"
-STAGE1 = ["--config", "configs/ldm/flintstones.yaml", f"model.pretrained={SD15}", f"model.image_encoder={CLIP_L}"]
+STAGE1 = ["--config", "configs/char_ldm/flintstones.yaml", f"model.pretrained={SD15}", f"model.image_encoder={CLIP_L}"]
 
 # Published parameter counts.
 SD15_UNET, SD_VAE, CLIP_L_TEXT = 859_520_964, 83_653_863, 123_060_480
@@ -65,7 +65,7 @@ def test_folder_without_config_json_is_a_one_line_error(capsys, tmp_path):
     broken = tmp_path / "sd15"
     shutil.copytree(SD15, broken)
     (broken / "unet" / "config.json").unlink()
-    assert main(["--config", "configs/ldm/flintstones.yaml", f"model.pretrained={broken}",
+    assert main(["--config", "configs/char_ldm/flintstones.yaml", f"model.pretrained={broken}",
                  f"model.image_encoder={CLIP_L}"]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and f"{broken}/unet/config.json" in err
@@ -117,7 +117,7 @@ def test_example_batch_is_a_real_batch_of_the_task(char_ldm_overrides, character
     from src.config import load_config
     from src.tasks import build_task
 
-    cfg = load_config("configs/ldm/toy.yaml", char_ldm_overrides + [
+    cfg = load_config("configs/char_ldm/toy.yaml", char_ldm_overrides + [
         f"model.character_conditioning={str(character_conditioning).lower()}"])
     task = build_task(cfg)
     dataset = task.train_dataset()
@@ -141,7 +141,7 @@ D, LAYERS, MLP, VOCAB = 4096, 32, 11008, 32000  # Llama-2-7b
 
 
 def test_detokenizer_recipe_sdxl_unet_and_qwen_vit_at_real_size(capsys):
-    report = _json(capsys, ["--config", "configs/story/detokenizer_george.yaml", f"model.pretrained={SDXL}",
+    report = _json(capsys, ["--config", "configs/detokenizer/george.yaml", f"model.pretrained={SDXL}",
                             f"model.tokenizer_path={QWEN}", "train.batch_size=2"])
     models = report["models"]
     assert models["visual_tokenizer"] == {"class": "VisualTokenizer", "params": QWEN_VIT_G, "trainable": 0}
@@ -160,7 +160,7 @@ def test_detokenizer_recipe_sdxl_unet_and_qwen_vit_at_real_size(capsys):
 
 
 def test_story_sft_recipe_llama_2_7b_lora_and_resamplers_at_real_size(capsys):
-    report = _json(capsys, ["--config", "configs/story/sft_george.yaml", f"model.llm={LLAMA}",
+    report = _json(capsys, ["--config", "configs/story_sft/george.yaml", f"model.llm={LLAMA}",
                             f"model.tokenizer_path={QWEN}", "train.batch_size=2", "model.context_beats=all"])
     models = report["models"]
     assert models["visual_tokenizer"] == {"class": "VisualTokenizer", "params": QWEN_VIT_G, "trainable": 0}
@@ -203,7 +203,7 @@ def test_seed_story_example_batches_are_real_batches_of_their_tasks(seed_stack, 
                                       story_frames=10, chunk_frames=10, num_workers=1, progress=False)
     common = [f"tiny_stack={seed_stack}", f"model.tokenizer_path={seed_stack}/qwen_vit.safetensors",
               "data.num_workers=0"]
-    sft = build_task(load_config("configs/story/sft_toy.yaml", common + [
+    sft = build_task(load_config("configs/story_sft/toy.yaml", common + [
         f"data.root={story_root}", f"model.llm={seed_stack}/Llama-2-7b-hf", "model.context_beats=all"]))
     data = sft.train_dataset()
     fake = sft.example_batch(2, "cpu")
@@ -214,7 +214,7 @@ def test_seed_story_example_batches_are_real_batches_of_their_tasks(seed_stack, 
     torch.manual_seed(0)
     assert torch.isfinite(sft.training_step(fake)["loss"])
 
-    detok = build_task(load_config("configs/story/detokenizer_toy.yaml", common + [
+    detok = build_task(load_config("configs/detokenizer/toy.yaml", common + [
         f"data.root={toy_root}", f"model.pretrained={seed_stack}/sdxl",
         "model.cache_frozen=false"]))
     data = detok.train_dataset()

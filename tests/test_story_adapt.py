@@ -14,31 +14,13 @@ from safetensors.torch import load_file
 
 from src.engine.tracking import read_metrics
 
-RECIPE = "configs/story/adapt_toy.yaml"
+RECIPE = "configs/story_adapt/toy.yaml"
 
 
-@pytest.fixture(scope="module")
-def upstream(tmp_path_factory, seed_stack, toy_root):
-    """A detokenizer run (stage 1, 2 steps) and a story_sft run (stage 2, 10 steps) that names it."""
-    from src.data.toy import generate_toy_dataset
-    from src.train import main
-
-    tmp = tmp_path_factory.mktemp("adapt")
-    story_root = generate_toy_dataset(tmp / "toy_story", seed=0, num_train=2, num_val=1, num_test=1,
-                                      story_frames=30, chunk_frames=10, num_workers=1, progress=False)
-    common = [f"tiny_stack={seed_stack}", f"model.tokenizer_path={seed_stack}/qwen_vit.safetensors",
-              f"output_root={tmp}/outputs", "logging.tensorboard=false", "train.max_minutes=0", "data.num_workers=0",
-              "run_name=up", "train.log_every=5"]
-    detok = tmp / "outputs/detokenizer/toy/up"
-    assert main(["--config", "configs/story/detokenizer_toy.yaml", *common, f"data.root={toy_root}",
-                 f"model.pretrained={seed_stack}/sdxl", "train.max_steps=2", "train.batch_size=4",
-                 "train.checkpoint_every=2", "train.sample_every=0", "model.cache_frozen=false",
-                 "sample.num_inference_steps=2", "sample.num_stories=1", "sample.batch_size=16"]) == 0
-    assert main(["--config", "configs/story/sft_toy.yaml", *common, f"data.root={story_root}",
-                 f"model.llm={seed_stack}/Llama-2-7b-hf", "train.max_steps=10", "optim.warmup_steps=2",
-                 "train.checkpoint_every=10", "train.validate_every=0", "train.batch_size=4",
-                 f"model.detokenizer_run={detok}"]) == 0
-    return {"sft": tmp / "outputs/story_sft/toy_story/up", "detok": detok, "data": story_root, "out": tmp / "outputs"}
+@pytest.fixture
+def upstream(seed_runs) -> dict:
+    """The session's detokenizer run (stage 1) and the story_sft run (stage 2) that names it."""
+    return {"sft": seed_runs["mllm"], "detok": seed_runs["detok"], "data": seed_runs["data"], "out": seed_runs["out"]}
 
 
 @pytest.fixture
@@ -72,13 +54,13 @@ def train_capturing(monkeypatch, args: list[str]):
 
 @pytest.mark.parametrize("trainable", ["resampler_kv", "full_unet"])
 def test_the_mllm_stays_frozen_and_only_the_configured_parameters_change(upstream, overrides, monkeypatch, trainable):
-    from src.tasks.from_checkpoint import load_task_from_checkpoint
+    from src.runs import load_task
 
     run = overrides + [f"run_name={trainable}", f"model.trainable={trainable}", "train.max_steps=2",
                        "train.checkpoint_every=2"]
     task = train_capturing(monkeypatch, ["--config", RECIPE, *run])
-    sft, _, _ = load_task_from_checkpoint(upstream["sft"])
-    stage1, _, _ = load_task_from_checkpoint(upstream["detok"])
+    sft, _, _ = load_task(upstream["sft"])
+    stage1, _, _ = load_task(upstream["detok"])
     # the MLLM (LLM, LoRA, resamplers, tokenizer) is bitwise the stage-2 run's, and stayed in eval mode
     mine = task.sft.state_dict()
     assert mine.keys() == sft.state_dict().keys()

@@ -1,5 +1,5 @@
 """Evaluating SEED-Story's multimodal stories (eval/multimodal.py, eval/run.py, eval/report.py,
-scripts/eval_story.sh): `bash eval.sh toy_story MLLM_RUN DETOKENIZER_RUN` end to end on a tiny story_sft
+scripts/eval_seed_story.sh): `bash eval.sh toy_story MLLM_RUN DETOKENIZER_RUN` end to end on a tiny story_sft
 run and a tiny detokenizer run (the real generator's output, scored beat by beat), the judge on those
 samples against a stub server on 127.0.0.1 (both A/B orders against the ground truth), and the errors."""
 from __future__ import annotations
@@ -17,16 +17,15 @@ from eval.judge import ASPECTS, _image_part
 from eval.multimodal import pair_beats, text_labels
 from eval.stories_io import load_frame
 from tests.test_eval_judge import StubJudge
-from tests.test_story_generate import runs  # noqa: F401 (a fixture: the tiny story_sft and detokenizer runs)
 
 REPO = Path(__file__).resolve().parent.parent
 
 
 @pytest.fixture(scope="module")
-def story_runs(runs, tmp_path_factory):
+def story_runs(seed_runs, tmp_path_factory):
     """test_story_generate's tiny story_sft run (30 steps on long toy stories: enough that greedy decoding
     goes on past the opening) and detokenizer run (2 steps), and a folder for this module's outputs."""
-    return {**runs, "tmp": tmp_path_factory.mktemp("story_eval")}
+    return {**seed_runs, "tmp": tmp_path_factory.mktemp("story_eval")}
 
 
 def protocol_overrides(story_runs, seed_stack):
@@ -182,7 +181,7 @@ def test_eval_sh_sends_a_story_run_to_the_story_path_and_checks_its_arguments(st
     env = {**os.environ, "EVAL_OUT": str(tmp_path / "never")}
     usage = subprocess.run(["bash", "eval.sh", "toy_story", str(story_runs["mllm"])], cwd=REPO, env=env,
                            capture_output=True, text=True)
-    assert usage.returncode == 2 and "usage: bash scripts/eval_story.sh DATASET MLLM_RUN DETOKENIZER_RUN" in usage.stderr
+    assert usage.returncode == 2 and "usage: bash scripts/eval_seed_story.sh DATASET MLLM_RUN DETOKENIZER_RUN" in usage.stderr
     missing = subprocess.run(["bash", "eval.sh", "toy_story", str(story_runs["mllm"]), str(tmp_path / "nope")],
                              cwd=REPO, env=env, capture_output=True, text=True)
     assert missing.returncode == 2 and f"run folder {tmp_path / 'nope'} not found" in missing.stderr
@@ -204,5 +203,6 @@ def test_story_sink_images_reaches_the_generator_and_a_bad_value_names_the_key()
     assert args[args.index("--sink-images") + 1] == "1"  # the default, chosen on toy val
     args = generator_args(load_protocol("configs/eval/toy_story.yaml", ["story.sink_images=null"]))
     assert args[args.index("--sink-images") + 1] == "all"  # null: every evicted image, as released
-    with pytest.raises(EvalInputError, match=r"toy_story\.yaml: key 'story\.sink_images' must be null or an integer >= 0, not -1"):
+    message = r"toy_story\.yaml: key 'story\.sink_images' must be null or an integer >= 0, not -1"
+    with pytest.raises(EvalInputError, match=message):
         load_protocol("configs/eval/toy_story.yaml", ["story.sink_images=-1"])

@@ -15,7 +15,7 @@ from src.data.story_sequence import IGNORE, SpecialIds, build_sequence, fit_sequ
 from src.data.toy_sprites import BACKGROUNDS
 from src.engine.tracking import read_metrics
 
-RECIPE = "configs/story/sft_toy.yaml"
+RECIPE = "configs/story_sft/toy.yaml"
 K = 4  # image tokens in the pure sequence tests
 IDS = SpecialIds(bos=1, eos=2, boi=90, eoi=91, img=tuple(range(100, 100 + K)), separator=(7, 8))
 
@@ -30,8 +30,8 @@ def story_root(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def stack(tiny_root, toy_root) -> Path:
-    from src.tools.tiny_llm import ensure_tiny_llm
-    from src.tools.tiny_seed import ensure_tiny_seed
+    from src.tools.tiny.llm import ensure_tiny_llm
+    from src.tools.tiny.seed import ensure_tiny_seed
 
     ensure_tiny_seed(tiny_root, toy_root, vit_steps=30)
     ensure_tiny_llm(tiny_root / "Llama-2-7b-hf", toy_root, "llama", steps=150)  # as tests/test_align.py
@@ -236,7 +236,7 @@ def test_the_cosine_schedule_ends_at_its_floor():
     from src.config import load_config
     from src.engine.loop import make_lr_schedule
 
-    cfg = load_config("configs/story/sft_george.yaml", ["train.max_steps=300"])
+    cfg = load_config("configs/story_sft/george.yaml", ["train.max_steps=300"])
     assert (cfg.optim.warmup_steps, cfg.optim.min_lr_ratio, tuple(cfg.optim.betas)) == (100, 0.05, (0.9, 0.98))
     optimizer = torch.optim.AdamW([torch.nn.Parameter(torch.zeros(1))], lr=1e-4)
     schedule = make_lr_schedule(cfg.optim, optimizer, cfg.train.max_steps)
@@ -248,4 +248,4 @@ def test_the_cosine_schedule_ends_at_its_floor():
     assert lrs[0] == 0 and lrs[50] == pytest.approx(5e-5) and max(lrs) == pytest.approx(1e-4)
     assert schedule.get_last_lr()[0] == pytest.approx(5e-6)  # 0.05 x lr at the last step
     with pytest.raises(ValueError, match="optim.min_lr_ratio"):
-        load_config("configs/story/sft_george.yaml", ["optim.schedule=constant"])
+        load_config("configs/story_sft/george.yaml", ["optim.schedule=constant"])

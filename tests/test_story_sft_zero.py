@@ -1,12 +1,11 @@
 """story_sft under DeepSpeed ZeRO-2 through the real launch (`accelerate launch --config_file
-configs/accelerate/cpu_zero2.yaml -m src.train`, what `LAUNCH=zero2 bash scripts/sft_storystream.sh` runs
+configs/accelerate/cpu_zero2.yaml -m src.train`, what `LAUNCH=zero2 bash scripts/train_story_sft.sh` runs
 on a machine without a GPU): two processes, DeepSpeed's CPU accelerator, gloo. The optimizer state is
 partitioned across the two ranks; at the checkpoint the engine consolidates the trainable weights into
 one trainable.safetensors (no zero_to_fp32 step), which must hold exactly the task's trainable names at
 full shape in fp32, and load strictly into a fresh task."""
 from __future__ import annotations
 
-import os
 import sys
 from pathlib import Path
 
@@ -14,9 +13,9 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from tests.test_train_ldm import REPO, free_port, run
+from tests.test_train_ldm import free_port, run
 
-RECIPE = "configs/story/sft_toy.yaml"
+RECIPE = "configs/story_sft/toy.yaml"
 
 
 @pytest.fixture(scope="module")

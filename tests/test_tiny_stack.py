@@ -1,4 +1,4 @@
-"""The tiny pretrained stack (src/tools/tiny_stack.py): layouts that load with the real from_pretrained
+"""The tiny pretrained stack (src/tools/tiny/stack.py): layouts that load with the real from_pretrained
 code, exact save/load round trips, the real CLIP tokenizer, a VAE that learns, and safe (re)builds.
 
 The stack is built once per module into tmp_path from a handful of coloured-shape frames written here in
@@ -20,10 +20,11 @@ import torch
 from PIL import Image, ImageDraw
 
 from src.config import ConfigError
-from src.tools import tiny_stack
-from src.tools.tiny_config import load_tiny_config
-from src.tools.tiny_models import build_unet
-from src.tools.tiny_stack import (
+from src.data.stories import StoryFormatError
+from src.tools.tiny import stack as tiny_stack
+from src.tools.tiny.config import load_tiny_config
+from src.tools.tiny.models import build_unet
+from src.tools.tiny.stack import (
     REQUIRED_FILES,
     SEED_OFFSETS,
     build_tiny_stack,
@@ -31,8 +32,7 @@ from src.tools.tiny_stack import (
     is_complete_stack,
     stack_record,
 )
-from src.data.stories import StoryFormatError
-from src.tools.tiny_vae import (
+from src.tools.tiny.vae import (
     build_vae,
     latent_std,
     load_frames,
@@ -314,7 +314,7 @@ def test_bad_config_is_an_error_naming_file_and_key(tmp_path, yaml_text, key):
 
 
 def test_default_config_file_matches_the_schema_defaults():
-    from src.tools.tiny_config import TinyStackConfig
+    from src.tools.tiny.config import TinyStackConfig
 
     assert load_tiny_config().to_dict() == TinyStackConfig().to_dict()
 
@@ -372,7 +372,7 @@ def test_ensure_rebuilds_an_incomplete_stack_identically_and_keeps_other_tools_f
     copy = tmp_path / "tiny"
     shutil.copytree(stack, copy)
     (copy / "stable-diffusion-v1-5/unet/diffusion_pytorch_model.safetensors").unlink()
-    (copy / "blip2").mkdir()  # another tool's component (src.tools.tiny_blip2) in the same folder
+    (copy / "blip2").mkdir()  # another tool's component (src.tools.tiny.blip2) in the same folder
     (copy / "blip2/config.json").write_text("{}")
     # What a killed build leaves behind: a half-written staging folder that must not survive.
     killed = tmp_path / ".tiny.building-1-dead"

@@ -7,7 +7,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from src.tools.tiny_vae import load_character_masks, load_frames, reconstruction_error, split_frames
+from src.tools.tiny.vae import load_character_masks, load_frames, reconstruction_error, split_frames
 
 # The session's tiny stack (conftest: 48 train stories, 60 VAE steps) reconstructs the val frames at
 # 11.4 dB PSNR, 9.7 dB on character pixels; an untrained VAE gives 8.6-9.5 and 6.5-6.8 dB (3 seeds).
@@ -28,7 +28,7 @@ def test_character_masks_align_with_frames(toy_root):
 
 
 def test_a_split_without_masks_trains_unweighted(tmp_path, toy_root):
-    lines = [json.loads(l) for l in (toy_root / "val.jsonl").read_text().splitlines()]
+    lines = [json.loads(line) for line in (toy_root / "val.jsonl").read_text().splitlines()]
     (tmp_path / "val.jsonl").write_text("".join(json.dumps({k: v for k, v in s.items() if k != "masks"}) + "\n"
                                                 for s in lines))
     (tmp_path / "images").symlink_to(toy_root / "images")

@@ -4,7 +4,6 @@ with delayed conditioning."""
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
 import pytest
@@ -14,12 +13,12 @@ from safetensors.torch import load_file
 from src.engine.tracking import read_metrics
 
 REPO = Path(__file__).resolve().parent.parent
-RECIPE = "configs/ldm/toy.yaml"
+RECIPE = "configs/char_ldm/toy.yaml"
 
 
 def run_dir(overrides: list[str], name: str) -> Path:
     root = next(o.split("=", 1)[1] for o in overrides if o.startswith("output_root="))
-    return Path(root) / "ldm" / "toy" / name
+    return Path(root) / "char_ldm" / "toy" / name
 
 
 def train(overrides: list[str]) -> None:
@@ -84,9 +83,11 @@ def test_generation_uses_text_only_then_fused_conditioning(char_ldm_overrides, t
     task.unet.register_forward_pre_hook(
         lambda module, args, kwargs: seen.append(kwargs["encoder_hidden_states"].clone()), with_kwargs=True)
     captions = ["Ada waved to Bob on the beach.", "Nobody is in the forest."]
-    text, fused = task.condition(captions, task.reference_embeddings())
+    pipe = task.pipeline()
+    text, fused, names = pipe.condition(captions, pipe.reference_embeddings())
     assert not torch.equal(text[0], fused[0]) and torch.equal(text[1], fused[1])   # no name: nothing fused
-    draw = task.drawer(task.pipeline())
+    assert names == [["Ada", "Bob"], []]
+    draw = pipe.frame_drawer(pipe.reference_embeddings())
     generators = [torch.Generator().manual_seed(i) for i in range(2)]
     images = draw(captions, generators)
     assert len(images) == 2 and images[0].size == (cfg.data.image_size, cfg.data.image_size)
@@ -109,8 +110,9 @@ def test_a_named_character_without_a_reference_is_an_error(char_ldm_overrides, t
     del meta["characters"][1]["reference"]   # Bob
     (data / "meta.json").write_text(json.dumps(meta))
     task = build_task(load_config(RECIPE, char_ldm_overrides + [f"data.root={data}"]))
+    pipe = task.pipeline()
     with pytest.raises(ValueError, match=r"meta.json: no reference image for \['Bob'\]"):
-        task.condition(["Bob ran."], task.reference_embeddings())
+        pipe.condition(["Bob ran."], pipe.reference_embeddings())
 
 
 def test_generate_from_a_char_ldm_checkpoint_writes_the_story_layout(char_ldm_overrides, tmp_path):

@@ -11,12 +11,12 @@ from safetensors.torch import load_file
 
 from src.engine.tracking import read_metrics
 
-RECIPE = "configs/story/detokenizer_toy.yaml"
+RECIPE = "configs/detokenizer/toy.yaml"
 
 
 @pytest.fixture(scope="session")
 def seed_root(tiny_root, toy_root) -> Path:
-    from src.tools.tiny_seed import ensure_tiny_seed
+    from src.tools.tiny.seed import ensure_tiny_seed
 
     return ensure_tiny_seed(tiny_root, toy_root, vit_steps=30)
 
@@ -44,7 +44,7 @@ def test_tiny_seed_pieces(seed_root):
 
 
 def test_a_tokenizer_from_another_recipe_is_kept_with_a_note(seed_root, toy_root, capsys):
-    from src.tools.tiny_seed import VIT_FILE, VIT_TRAIN, ensure_tiny_seed
+    from src.tools.tiny.seed import VIT_FILE, VIT_TRAIN, ensure_tiny_seed
 
     before = (seed_root / VIT_FILE).stat().st_mtime_ns
     ensure_tiny_seed(seed_root, toy_root)  # the recipe's call: the session's 30-step tokenizer is not its own

@@ -18,7 +18,7 @@ from safetensors.torch import load_file
 from src.engine.tracking import read_metrics
 
 REPO = Path(__file__).resolve().parent.parent
-RECIPE = "configs/ldm/toy.yaml"
+RECIPE = "configs/char_ldm/toy.yaml"
 
 
 def train_cmd(overrides: list[str]) -> list[str]:
@@ -34,7 +34,7 @@ def run(cmd: list[str], timeout: int = 600) -> subprocess.CompletedProcess:
 
 def run_dir(overrides: list[str], name: str) -> Path:
     root = next(o.split("=", 1)[1] for o in overrides if o.startswith("output_root="))
-    return Path(root) / "ldm" / "toy" / name
+    return Path(root) / "char_ldm" / "toy" / name
 
 
 def final_weights(folder: Path, step: int) -> dict:
@@ -136,8 +136,8 @@ def test_generate_writes_the_story_layout_deterministically(ldm_overrides, tmp_p
     args = ["--checkpoint", str(folder), "--split", "test", "--num-stories", "2", "sample.num_inference_steps=3"]
     assert main([*args, "--out", str(tmp_path / "a")]) == 0
     assert main([*args, "--out", str(tmp_path / "b")]) == 0
-    lines = [json.loads(l) for l in (tmp_path / "a" / "stories.jsonl").read_text().splitlines()]
-    assert len(lines) == 2 and all(len(l["images"]) == 4 == len(l["captions"]) for l in lines)
+    lines = [json.loads(line) for line in (tmp_path / "a" / "stories.jsonl").read_text().splitlines()]
+    assert len(lines) == 2 and all(len(line["images"]) == 4 == len(line["captions"]) for line in lines)
     for line in lines:
         for image in line["images"]:
             assert (tmp_path / "a" / image).read_bytes() == (tmp_path / "b" / image).read_bytes()

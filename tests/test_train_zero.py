@@ -15,7 +15,6 @@ import time
 
 import pytest
 import torch
-from safetensors.torch import load_file
 
 from tests.test_train_ldm import RECIPE, REPO, final_weights, free_port, run, run_dir
 

@@ -13,8 +13,10 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
+import numpy as np
 import torch
 import torch.nn.functional as F
+
 from src.data.transforms import load_frame
 
 
@@ -46,6 +48,27 @@ def load_reference(path: Path, size: int) -> torch.Tensor:
     """A fixed reference image -> [3,R,R] in [0,1] (square-padded, resized)."""
     image = load_frame(path, None)  # [-1,1], own size
     return _resize(_pad_to_square((image + 1) / 2), size).clamp(0, 1)
+
+
+def reference_from_image(image, size: int) -> torch.Tensor:
+    """A user's reference (a path, a PIL image of any size and mode, or a [3,H,W] tensor in [0,1]) ->
+    [3,R,R] in [0,1], prepared as the dataset's fixed references are. Transparency is composited on
+    white (a cut-out character keeps its outline, not a black box)."""
+    if isinstance(image, (str, Path)):
+        return load_reference(Path(image), size)
+    if torch.is_tensor(image):
+        if image.dim() != 3 or image.shape[0] != 3:
+            raise ValueError(f"a reference tensor must be [3,H,W] in [0,1], got shape {tuple(image.shape)}")
+        pixels = image.float()
+    else:
+        from PIL import Image
+
+        if image.mode in ("RGBA", "LA", "P"):
+            rgba = image.convert("RGBA")
+            image = Image.alpha_composite(Image.new("RGBA", rgba.size, (255, 255, 255, 255)), rgba)
+        array = np.asarray(image.convert("RGB"), dtype=np.float32) / 255.0
+        pixels = torch.from_numpy(array).permute(2, 0, 1)
+    return _resize(_pad_to_square(pixels), size).clamp(0, 1)
 
 
 def _affine(images: torch.Tensor, rotate: float, scale: tuple[float, float], translate: float,

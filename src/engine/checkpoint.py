@@ -18,7 +18,6 @@ from __future__ import annotations
 import json
 import os
 import random
-import re
 import shutil
 from pathlib import Path
 from typing import Optional
@@ -28,37 +27,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from src.engine import zero
-
-STEP_DIR = re.compile(r"^step_(\d+)$")
-REQUIRED = ("trainable.safetensors", "optimizer.pt", "scheduler.pt", "trainer_state.json")
-
-
-def step_dir_name(step: int) -> str:
-    return f"step_{step:06d}"
-
-
-def list_checkpoints(root: Path) -> list[Path]:
-    """Complete checkpoints under `root`, oldest first."""
-    if not root.is_dir():
-        return []
-    found = [(int(m.group(1)), p) for p in root.iterdir() if p.is_dir() and (m := STEP_DIR.match(p.name))]
-    return [p for _, p in sorted(found)]
-
-
-def resolve_checkpoint(spec: str, root: Path) -> Path:
-    """`latest`, a run folder, or a checkpoint folder -> a complete checkpoint folder."""
-    if spec == "latest":
-        found = list_checkpoints(root)
-        if not found:
-            raise FileNotFoundError(f"resume=latest: no complete checkpoint under {root}")
-        return found[-1]
-    path = Path(spec)
-    if (path / "checkpoints").is_dir():
-        return resolve_checkpoint("latest", path / "checkpoints")
-    missing = [name for name in REQUIRED if not (path / name).is_file()]
-    if missing:
-        raise FileNotFoundError(f"{path}: not a complete checkpoint (missing {', '.join(missing)})")
-    return path
+from src.runs import list_checkpoints, load_weights, step_dir_name
 
 
 def _rng_state() -> dict:
@@ -146,14 +115,6 @@ def _prune(root: Path, keep_last: int) -> None:
         shutil.rmtree(trash)
 
 
-def load_trainable(path: Path, task, use_ema: bool = False) -> None:
-    """Load trainable (or EMA) weights from a checkpoint folder, strictly."""
-    file = path / ("ema.safetensors" if use_ema else "trainable.safetensors")
-    if not file.is_file():
-        raise FileNotFoundError(f"{file}: not found" + (" (the run trained without EMA)" if use_ema else ""))
-    task.load_trainable_state_dict(load_file(str(file)), source=str(file))
-
-
 def load_checkpoint(path: Path, task, optimizer, scheduler, ema, accelerator, model=None) -> int:
     """Restore everything `save_checkpoint` wrote; returns the step to continue from."""
     state = json.loads((path / "trainer_state.json").read_text())
@@ -161,7 +122,7 @@ def load_checkpoint(path: Path, task, optimizer, scheduler, ema, accelerator, mo
         raise ValueError(f"{path}: saved by {state['world_size']} processes, resumed with "
                          f"{accelerator.num_processes}; exact resume needs the same number")
     if not _uses_deepspeed(accelerator):  # under DeepSpeed its own checkpoint restores weights and masters
-        load_trainable(path, task)
+        load_weights(task, path / "trainable.safetensors")
     if ema is not None:
         if state["ema"] is None:
             raise ValueError(f"{path}: train.ema is on but the checkpoint has no EMA state")
@@ -169,8 +130,10 @@ def load_checkpoint(path: Path, task, optimizer, scheduler, ema, accelerator, mo
         names = list(task.trainable_state_dict())
         ema.load_state_dict({**state["ema"], "shadow_params": [shadow[n] for n in names]})
     if _uses_deepspeed(accelerator):
-        # not strict: the checkpoint holds only the trainable weights (exclude_frozen_parameters above);
-        # the fp32 masters in the optimizer state are restored whole and copied into the working weights
+        # DeepSpeed's own load cannot be strict (the checkpoint holds only the trainable weights:
+        # exclude_frozen_parameters above), so the trainable names and shapes are checked here first; the
+        # fp32 masters in the optimizer state are then restored whole and copied into the working weights.
+        zero.check_trainable_names(task, path / "trainable.safetensors")
         model.load_checkpoint(str(path / "deepspeed"), tag="state", load_optimizer_states=True,
                               load_lr_scheduler_states=False, load_module_strict=False)
     else:
@@ -197,8 +160,3 @@ def read_best(folder: Path) -> Optional[float]:
     """The value a previous (resumed) run's best checkpoint scored, or None."""
     path = folder / "best.json"
     return json.loads(path.read_text())["value"] if path.is_file() else None
-
-
-def latest_or_none(root: Path) -> Optional[Path]:
-    found = list_checkpoints(root)
-    return found[-1] if found else None

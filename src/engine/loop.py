@@ -20,6 +20,7 @@ from diffusers.training_utils import EMAModel
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
+from src import runs
 from src.config import save_config
 from src.engine import checkpoint as ckpt
 from src.engine import zero
@@ -31,12 +32,8 @@ COMPUTE_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 SCHEDULES = {"constant": "constant_with_warmup", "cosine": "cosine"}
 
 
-def run_dir_of(cfg) -> Path:
-    return Path(cfg.output_root) / cfg.stage / cfg.data.name / cfg.run_name
-
-
 def _check_run_folder(run_dir: Path, cfg) -> None:
-    existing = ckpt.latest_or_none(run_dir / "checkpoints")
+    existing = runs.latest_or_none(run_dir / "checkpoints")
     if existing is not None and cfg.train.resume is None:
         raise FileExistsError(f"{run_dir} already holds checkpoints (latest {existing.name}); pass "
                               f"train.resume=latest to continue it, or a new run_name=... to start afresh")
@@ -105,7 +102,7 @@ def make_accelerator(cfg, run_dir: Path) -> Accelerator:
 
 def train(cfg) -> Path:
     """Train the run described by `cfg`; returns the run folder."""
-    run_dir = run_dir_of(cfg)
+    run_dir = runs.run_dir_of(cfg)
     accelerator = make_accelerator(cfg, run_dir)
     if accelerator.is_main_process:
         _check_run_folder(run_dir, cfg)
@@ -130,7 +127,7 @@ def train(cfg) -> Path:
     ckpt_root = run_dir / "checkpoints"
     start_step = 0
     if cfg.train.resume is not None:
-        path = ckpt.resolve_checkpoint(cfg.train.resume, ckpt_root)
+        path = runs.resolve_checkpoint(cfg.train.resume, ckpt_root)
         start_step = ckpt.load_checkpoint(path, task, optimizer, scheduler, ema, accelerator, model)
         accelerator.print(f"resumed from {path} at step {start_step}")
     else:
@@ -183,7 +180,7 @@ def train(cfg) -> Path:
         if cfg.train.validate_every and (step % cfg.train.validate_every == 0 or done):
             best = _validate(task, accelerator, step, run_dir, trackers, best)
         if (cfg.train.sample_every and step % cfg.train.sample_every == 0) or done:
-            _sample(task, ema, params, accelerator, run_dir / "samples" / ckpt.step_dir_name(step), cfg)
+            _sample(task, ema, params, accelerator, run_dir / "samples" / runs.step_dir_name(step), cfg)
         if out_of_time:
             accelerator.print(f"stopping at step {step}: train.max_minutes={cfg.train.max_minutes} reached")
             break

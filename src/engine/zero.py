@@ -114,3 +114,22 @@ def full_trainable_weights(task) -> dict[str, torch.Tensor]:
                 raise RuntimeError(f"{name}: DeepSpeed holds no fp32 master for this trainable parameter")
             weights[name] = full.detach().float().cpu()
     return weights
+
+
+def check_trainable_names(task, file) -> None:
+    """The trainable parameters' names and full shapes (ZeRO-3 partitions them: `ds_shape`) equal those
+    saved in `file` (a checkpoint's trainable.safetensors), or an error names the differences. DeepSpeed's
+    own resume loads non-strictly, so this is what makes a resume into another model fail loudly."""
+    from safetensors import safe_open
+
+    with safe_open(str(file), framework="pt") as handle:
+        saved = {name: tuple(handle.get_slice(name).get_shape()) for name in handle.keys()}
+    own = {name: tuple(getattr(p, "ds_shape", p.shape)) for name, p in task.named_parameters() if p.requires_grad}
+    missing, unexpected = sorted(set(own) - set(saved)), sorted(set(saved) - set(own))
+    reshaped = sorted(n for n in set(own) & set(saved) if own[n] != saved[n])
+    if missing or unexpected or reshaped:
+        def some(names):
+            return ", ".join(names[:5]) + ("..." if len(names) > 5 else "")
+        raise ValueError(f"{file}: the checkpoint's trainable weights do not match this model: {len(missing)} "
+                         f"missing ({some(missing)}), {len(unexpected)} unexpected ({some(unexpected)}), "
+                         f"{len(reshaped)} of another shape ({some([f'{n} {saved[n]} vs {own[n]}' for n in reshaped])})")

@@ -23,7 +23,7 @@ from src.models.pretrained import is_config_only
 from src.models.resamplers import ResamplerXL
 
 TRAINABLE_UNET = ("full", "to_kv", "none")
-# Metadata key of a de-tokenizer weights file (src.tools.convert_seed_detokenizer) holding ResamplerXL's kwargs.
+# Metadata key of a de-tokenizer weights file (src.tools.convert.seed_detokenizer) holding ResamplerXL's kwargs.
 RESAMPLER_METADATA_KEY = "resampler_config"
 NUM_TIME_IDS = 6  # SDXL micro-conditioning: original (h, w), crop (top, left), target (h, w)
 
@@ -100,7 +100,7 @@ class Detokenizer(nn.Module):
 def load_detokenizer(unet: UNet2DConditionModel, path: str | Path) -> Detokenizer:
     """A Detokenizer around `unet` with the weights (UNet and resampler) of a converted file, strictly.
     In config-only mode (the shape check) only the file's resampler config is read; no weight is loaded."""
-    hint = "convert one with python -m src.tools.convert_seed_detokenizer"
+    hint = "convert one with python -m src.tools.convert.seed_detokenizer"
     if is_config_only():
         return Detokenizer(unet, ResamplerXL(**read_weights_metadata(path, RESAMPLER_METADATA_KEY, hint)))
     state, resampler_config = read_weights_file(path, RESAMPLER_METADATA_KEY, hint)

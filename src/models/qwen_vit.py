@@ -6,7 +6,7 @@ output [B,256,4096] as the image features its MLLM regresses and its de-tokenize
 
 Qwen-VL is remote code, not part of transformers, so the module is ours; attribute names mirror
 Qwen-VL-Chat's `transformer.visual.*` checkpoint keys, so extraction is a prefix strip
-(src/tools/reload_qwen_vit.py). The hyper-parameters come from the `visual` section of its config.json:
+(src/tools/convert/qwen_vit.py). The hyper-parameters come from the `visual` section of its config.json:
   {"image_size": 448, "patch_size": 14, "width": 1664, "layers": 48, "heads": 16, "mlp_ratio": 4.9231,
    "output_dim": 4096}  (n_queries is fixed at 256 in Qwen-VL)
 
@@ -37,7 +37,7 @@ CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 NORM_EPS = 1e-6
 # Qwen-VL's learned patch positions: a fixed 16x16 table, bicubically resized to the patch grid.
 POS_TABLE_SIZE = 256
-# Metadata key under which src.tools.reload_qwen_vit stores the `visual` config in its safetensors file.
+# Metadata key under which src.tools.convert.qwen_vit stores the `visual` config in its safetensors file.
 CONFIG_METADATA_KEY = "qwen_visual_config"
 
 
@@ -123,13 +123,13 @@ class QwenViT(nn.Module):
 
 
 def load_qwen_vit(path: str | Path) -> QwenViT:
-    """The frozen tokenizer from a file written by src.tools.reload_qwen_vit (config in its metadata).
+    """The frozen tokenizer from a file written by src.tools.convert.qwen_vit (config in its metadata).
     In config-only mode (the shape check) it is built on the meta device from that file's metadata alone,
     or from a Qwen-VL-Chat folder's config.json `visual` section."""
     if is_config_only():
         return QwenViT.from_config(_visual_config_only(Path(path))).eval().requires_grad_(False)
     state, visual = read_weights_file(path, CONFIG_METADATA_KEY,
-                                      "extract it with python -m src.tools.reload_qwen_vit")
+                                      "extract it with python -m src.tools.convert.qwen_vit")
     with torch.device("meta"):
         model = QwenViT.from_config(visual)
     load_strict(model, state, str(path), assign=True)
@@ -143,10 +143,10 @@ def _visual_config_only(path: Path) -> dict:
         config_file = path / "config.json"
         if not config_file.is_file():
             raise FileNotFoundError(f"{config_file}: not found (a Qwen-VL-Chat folder, or a file written by "
-                                    f"python -m src.tools.reload_qwen_vit)")
+                                    f"python -m src.tools.convert.qwen_vit)")
         config = json.loads(config_file.read_text())
         if "visual" not in config:
             raise KeyError(f"{config_file}: no `visual` section; is this a Qwen-VL checkpoint?")
         return config["visual"]
-    return read_weights_metadata(path, CONFIG_METADATA_KEY, "extract it with python -m src.tools.reload_qwen_vit, "
+    return read_weights_metadata(path, CONFIG_METADATA_KEY, "extract it with python -m src.tools.convert.qwen_vit, "
                                  "or point the shape check at a Qwen-VL-Chat folder (its config.json)")

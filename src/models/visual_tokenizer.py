@@ -2,7 +2,7 @@
 de-tokenizer draws from (SEED-Story §3.1). One wrapper over three kinds of tower, so that a run picks one
 by config:
 
-  qwen_vit    a file written by src.tools.reload_qwen_vit (Qwen-VL ViT-G/14: [B,256,4096], the release)
+  qwen_vit    a file written by src.tools.convert.qwen_vit (Qwen-VL ViT-G/14: [B,256,4096], the release)
   hf          a transformers vision tower folder (CLIPVisionModel, SiglipVisionModel, a CLIPModel's
               vision half, ...): last_hidden_state [B,L,D]; for smaller runs
   open_clip   an open_clip architecture name + checkpoint file: the visual tower's tokens [B,L,D]

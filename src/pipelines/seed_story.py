@@ -1,5 +1,7 @@
 """SEED-Story generation (SEED-Story §3.3; docs/seed_story.md): the stage-2 MLLM writes a story beat by beat,
-the de-tokenizer draws each beat's frame from the features the MLLM regressed.
+the de-tokenizer draws each beat's frame from the features the MLLM regressed. `SeedStoryPipeline` is the
+one drawing path: a story file (`bash scripts/story.sh`), the studio, a dataset split
+(src/generate_story.py, eval.sh), a de-tokenizer run's reconstructions and stage 3's periodic samples.
 
 The context is a KV cache (src/models/story_cache.py): every token is computed once, and the
 `window` / `sink` / `multimodal_sink` modes evict old beats from the cache instead of re-filling the
@@ -29,9 +31,11 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import Optional
+from pathlib import Path
+from typing import Iterator, Optional
 
 import torch
+from PIL import Image
 
 from src.models.story_cache import SinkSettings, StoryKVCache, rope_inv_freq
 
@@ -55,6 +59,7 @@ class Beat:
     text: str
     features: torch.Tensor                  # [Q,E] regressed (beat 0: the given frame's features)
     token_ids: list[int] = field(default_factory=list)
+    index: int = 0                          # the beat's place in the story (0: the given opening)
 
 
 def pick_token(logits: torch.Tensor, decode: DecodeSettings, generator: Optional[torch.Generator]) -> int:
@@ -84,7 +89,7 @@ class StoryWriter:
         self.banned = torch.tensor([special.eoi, *special.img], device=self.device)
         self.cache: Optional[StoryKVCache] = None
         self.last_hidden: Optional[torch.Tensor] = None
-        self.stats: dict = {}
+        self.last_stats: dict = {}
         self.fed: list[tuple[torch.Tensor, int, list[str]]] = []  # refill: every block fed, in order
 
     # ---- feeding the cache ------------------------------------------------------------------------
@@ -173,15 +178,20 @@ class StoryWriter:
         return ids, "max_text_tokens"
 
     @torch.no_grad()
-    def write(self, caption: str, features: torch.Tensor, beats: int,
-              captions: Optional[list[str]] = None) -> tuple[list[Beat], dict]:
-        """Up to `beats` beats (beat 0 given). `captions` given: vis mode (captions[1:] teacher-forced).
-        Returns the beats and stats (stop reason, seconds per beat, peak cached tokens and bytes)."""
+    def beats(self, caption: str, features: torch.Tensor, beats: int,
+              captions: Optional[list[str]] = None) -> Iterator[Beat]:
+        """Up to `beats` beats (beat 0 given), each yielded as soon as it is written. `captions` given: vis
+        mode (captions[1:] teacher-forced). At the end `last_stats` holds the stop reason, the LLM's
+        seconds (time spent by the caller between beats is not counted), peak cached tokens and bytes."""
         generator = torch.Generator().manual_seed(self.decode.seed)
         start = time.perf_counter()
+        away = 0.0  # seconds the caller held a yielded beat (drawing it, showing it)
         out = [self.start(caption, features)]
         peak_bytes, stop, evicted, forced = self.cache.kv_bytes(), "beats", [], 0
         beat_seconds = [round(time.perf_counter() - start, 5)]  # the LLM's seconds for each beat
+        left = time.perf_counter()
+        yield out[0]
+        away += time.perf_counter() - left
         for beat in range(1, beats):
             began = time.perf_counter()
             if self.refill:
@@ -190,7 +200,7 @@ class StoryWriter:
             if captions is not None:
                 prefix = list(self.special.separator) + self.llm.text_ids(captions[beat])
                 regressed = self._image(prefix, beat)
-                out.append(Beat(captions[beat], regressed, prefix))
+                out.append(Beat(captions[beat], regressed, prefix, beat))
             else:
                 ids, why = self.next_text(beat, generator)
                 if ids is None:
@@ -198,16 +208,24 @@ class StoryWriter:
                     break
                 forced += why == "max_text_tokens"
                 regressed = self._image([], beat)
-                out.append(Beat(self.text_of(ids), regressed, ids))
+                out.append(Beat(self.text_of(ids), regressed, ids, beat))
             peak_bytes = max(peak_bytes, self.cache.kv_bytes())
             beat_seconds.append(round(time.perf_counter() - began, 5))
-        seconds = time.perf_counter() - start
-        stats = {"beats": len(out), "stop": stop, "llm_seconds": round(seconds, 4),
-                 "seconds_per_beat": round(seconds / max(len(out) - 1, 1), 5),
-                 "peak_cache_tokens": self.cache.peak_tokens, "peak_cache_bytes": peak_bytes,
-                 "final_cache_tokens": len(self.cache), "evicted_beats": evicted,
-                 "img_forced_at_max_text_tokens": forced, "beat_seconds": beat_seconds}
-        return out, stats
+            left = time.perf_counter()
+            yield out[-1]
+            away += time.perf_counter() - left
+        seconds = time.perf_counter() - start - away
+        self.last_stats = {"beats": len(out), "stop": stop, "llm_seconds": round(seconds, 4),
+                           "seconds_per_beat": round(seconds / max(len(out) - 1, 1), 5),
+                           "peak_cache_tokens": self.cache.peak_tokens, "peak_cache_bytes": peak_bytes,
+                           "final_cache_tokens": len(self.cache), "evicted_beats": evicted,
+                           "img_forced_at_max_text_tokens": forced, "beat_seconds": beat_seconds}
+
+    def write(self, caption: str, features: torch.Tensor, beats: int,
+              captions: Optional[list[str]] = None) -> tuple[list[Beat], dict]:
+        """Every beat of `beats(...)` and the stats."""
+        out = list(self.beats(caption, features, beats, captions))
+        return out, self.last_stats
 
     def text_of(self, ids: list[int]) -> str:
         """A generated beat's text without its leading separator."""
@@ -219,60 +237,147 @@ class StoryWriter:
 
 # ---- drawing ----------------------------------------------------------------------------------------
 
-@torch.no_grad()
-def draw_features(detok_task, features: list[torch.Tensor], generators: list[torch.Generator]) -> list:
-    """Feature maps [Q,E] -> PIL frames through the de-tokenizer task's pipeline (CFG against the empty
-    image's features, the task's sample settings)."""
-    s, size = detok_task.cfg.sample, detok_task.cfg.data.image_size
-    pipe = detok_task.pipeline()
-    device = detok_task.vae.device
-    neg_states, neg_pooled = detok_task.detokenizer.encode(detok_task.visual_tokenizer.empty_features(1).to(device))
-    images = []
-    for start in range(0, len(features), s.batch_size):
-        chunk = torch.stack(features[start:start + s.batch_size]).to(device)
-        states, pooled = detok_task.detokenizer.encode(chunk)
-        n = chunk.shape[0]
-        images += pipe(prompt_embeds=states, pooled_prompt_embeds=pooled,
-                       negative_prompt_embeds=neg_states.expand(n, -1, -1),
-                       negative_pooled_prompt_embeds=neg_pooled.expand(n, -1), height=size, width=size,
-                       num_inference_steps=s.num_inference_steps, guidance_scale=s.guidance_scale,
-                       generator=generators[start:start + n], output_type="pil").images
-    return images
+@dataclass
+class DetokenizerSettings:
+    scheduler: str = "EulerDiscreteScheduler"   # any diffusers scheduler class (sample.scheduler)
+    num_inference_steps: int = 30
+    guidance_scale: float = 5.0
+    batch_size: int = 16
+
+    @classmethod
+    def from_config(cls, sample_cfg) -> "DetokenizerSettings":
+        return cls(sample_cfg.scheduler, sample_cfg.num_inference_steps, sample_cfg.guidance_scale,
+                   sample_cfg.batch_size)
+
+
+@dataclass
+class DrawnBeat:
+    """One beat of a story as the pipeline yields it."""
+    index: int
+    text: str
+    image: object                  # PIL image
+    features: torch.Tensor         # [Q,E] the features it was drawn from (beat 0: the opening image's)
+
+
+class SeedStoryPipeline:
+    """Components in, beats out. `detokenizer` (src/models/detokenizer.Detokenizer), `vae` and the frozen
+    `visual_tokenizer` draw; `mllm` (src/models/story_mllm.StoryMLLM) with its `special` token ids writes
+    (absent: the pipeline only draws features, e.g. a de-tokenizer run's reconstructions)."""
+
+    def __init__(self, detokenizer, vae, visual_tokenizer, scheduler_config: dict, image_size: int,
+                 settings: DetokenizerSettings, mllm=None, special=None):
+        self.detokenizer, self.vae, self.visual_tokenizer = detokenizer, vae, visual_tokenizer
+        self.scheduler_config, self.image_size, self.settings = scheduler_config, image_size, settings
+        self.mllm, self.special = mllm, special
+
+    @property
+    def device(self) -> torch.device:
+        return self.vae.device
+
+    @torch.no_grad()
+    def features_of(self, frames: torch.Tensor) -> torch.Tensor:
+        """Frames [N,3,T,T] in [-1,1] at the tokenizer's size -> features [N,Q,E]."""
+        return self.visual_tokenizer(frames.to(self.device))
+
+    @torch.no_grad()
+    def draw_features(self, features: list[torch.Tensor], generators: list[torch.Generator],
+                      settings: Optional[DetokenizerSettings] = None) -> list:
+        """Feature maps [Q,E] -> PIL frames (classifier-free guidance against the empty image's features)."""
+        from src.pipelines.diffusion import make_scheduler, sdxl_pipeline
+
+        s = settings or self.settings
+        pipe = sdxl_pipeline(self.vae, self.detokenizer.unet, make_scheduler(s.scheduler, self.scheduler_config))
+        neg_states, neg_pooled = self.detokenizer.encode(self.visual_tokenizer.empty_features(1).to(self.device))
+        images = []
+        for start in range(0, len(features), s.batch_size):
+            chunk = torch.stack(features[start:start + s.batch_size]).to(self.device)
+            states, pooled = self.detokenizer.encode(chunk)
+            n = chunk.shape[0]
+            images += pipe(prompt_embeds=states, pooled_prompt_embeds=pooled,
+                           negative_prompt_embeds=neg_states.expand(n, -1, -1),
+                           negative_pooled_prompt_embeds=neg_pooled.expand(n, -1), height=self.image_size,
+                           width=self.image_size, num_inference_steps=s.num_inference_steps,
+                           guidance_scale=s.guidance_scale, generator=generators[start:start + n],
+                           output_type="pil").images
+        return images
+
+    def writer(self, context: str, sink: SinkSettings, decode: DecodeSettings) -> "StoryWriter":
+        if self.mllm is None:
+            raise ValueError("this pipeline has no MLLM (a de-tokenizer alone draws features, it writes no story)")
+        return StoryWriter(self.mllm, self.special, context, sink, decode)
+
+    def opening_features(self, image) -> torch.Tensor:
+        """The opening frame (a PIL image, a path, or [3,T,T] in [-1,1]) -> its features [Q,E]."""
+        from src.data.transforms import load_frame
+
+        size = self.visual_tokenizer.image_size
+        if torch.is_tensor(image):
+            frame = image
+        elif isinstance(image, (str, Path)):
+            frame = load_frame(image, size)
+        else:
+            from src.pipelines.storygptv import to_pixels
+            frame = to_pixels(image.convert("RGB").resize((size, size), Image.Resampling.BICUBIC))
+        return self.features_of(frame[None])[0]
+
+    def stream(self, opening_text: str, opening_image, beats: int, context: str = "multimodal_sink",
+               sink: Optional[SinkSettings] = None, decode: Optional[DecodeSettings] = None,
+               captions: Optional[list[str]] = None, story_index: int = 0,
+               settings: Optional[DetokenizerSettings] = None) -> Iterator[DrawnBeat]:
+        """Write and draw a story beat by beat, yielding each beat as soon as its frame is drawn. Beat 0 is
+        the opening (its text, and its image drawn back from its features); story mode writes up to `beats`
+        beats in all; `captions` given: vis mode (captions[1:] teacher-forced, the MLLM draws them). Frame k
+        starts from the noise of (decode.seed, story_index, k), as the dataset path draws story
+        `story_index` of a split. The writer's stats end up in `self.last_stats`."""
+        from src.pipelines.diffusion import frame_generator
+
+        if beats < 1:
+            raise ValueError(f"beats must be at least 1, got {beats}")
+        decode = decode or DecodeSettings()
+        writer = self.writer(context, sink or SinkSettings(), decode)
+        features = self.opening_features(opening_image)
+        self.last_stats = {}
+        for beat in writer.beats(opening_text, features, beats, captions):
+            generator = frame_generator(decode.seed, story_index, beat.index, self.device)
+            image = self.draw_features([beat.features], [generator], settings)[0]
+            yield DrawnBeat(beat.index, beat.text, image, beat.features)
+        self.last_stats = writer.last_stats
+
+    def __call__(self, opening_text: str, opening_image, beats: int, **options) -> list[DrawnBeat]:
+        """`stream`'s beats as a list."""
+        return list(self.stream(opening_text, opening_image, beats, **options))
 
 
 @torch.no_grad()
-def generate_seed_stories(mllm_task, detok_task, stories, root, out_dir, mode: str, beats: int, context: str,
+def generate_seed_stories(pipeline: SeedStoryPipeline, stories, root, out_dir, mode: str, beats: int, context: str,
                           sink: SinkSettings, decode: DecodeSettings, meta: Optional[dict] = None,
                           progress: bool = False):
-    """Write `stories` (their first frame and text; vis mode: all their captions, up to `beats`) with
-    the story_sft task's MLLM and draw them with the detokenizer task, into the generated-story layout.
-    generation.json records `meta` (the checkpoints), the settings and each story's stats; `progress`
-    shows a bar over the stories (the generation entry; a training run's periodic samples show none)."""
-    from pathlib import Path
-
+    """Write `stories` of a dataset (their first frame and text; vis mode: all their captions, up to
+    `beats`) and draw them, into the generated-story layout. The story's frames are drawn together after
+    its text is written (one de-tokenizer batch per story). generation.json records `meta` (the
+    checkpoints), the settings and each story's stats; `progress` shows a bar over the stories."""
     from tqdm.auto import tqdm
 
     from src.data.stories import Story
     from src.data.transforms import story_frame
-    from src.pipelines.story_sampler import frame_generator, write_stories
+    from src.pipelines.diffusion import frame_generator
+    from src.pipelines.story_sampler import write_stories
 
     if mode not in GEN_MODES:
         raise ValueError(f"generation mode '{mode}' is not one of {', '.join(GEN_MODES)}")
     if beats < 1:
         raise ValueError(f"--beats must be at least 1, got {beats}")
-    writer = StoryWriter(mllm_task.mllm, mllm_task.special, context, sink, decode)
-    tokenizer = mllm_task.visual_tokenizer
+    writer = pipeline.writer(context, sink, decode)
     images, written, per_story = {}, [], []
     draw_seconds = 0.0
     for i, story in enumerate(tqdm(stories, desc="writing stories", disable=not progress, dynamic_ncols=True)):
-        frame = story_frame(root, story, 0, tokenizer.image_size)
-        features = tokenizer(frame[None].to(writer.device))[0]
+        features = pipeline.opening_features(story_frame(root, story, 0, pipeline.visual_tokenizer.image_size))
         count = min(beats, story.num_frames) if mode == "vis" else beats
         result, stats = writer.write(story.captions[0], features, count,
                                      story.captions[:count] if mode == "vis" else None)
         start = time.perf_counter()
-        frames = draw_features(detok_task, [b.features for b in result],
-                               [frame_generator(decode.seed, i, k, detok_task.vae.device) for k in range(len(result))])
+        frames = pipeline.draw_features([b.features for b in result],
+                                        [frame_generator(decode.seed, i, k, pipeline.device) for k in range(len(result))])
         draw_seconds += time.perf_counter() - start
         images.update({(i, k): image for k, image in enumerate(frames)})
         n = len(result)
@@ -281,11 +386,11 @@ def generate_seed_stories(mllm_task, detok_task, stories, root, out_dir, mode: s
                              characters=story.characters[:n] if same and story.characters else None,
                              backgrounds=story.backgrounds[:n] if same and story.backgrounds else None))
         per_story.append({"id": story.id, **stats})
-    s = detok_task.cfg.sample
+    s = pipeline.settings
     info = {"num_stories": len(written), "caption_field": "captions", "task": "seed_story", "mode": mode,
             "beats": beats, "context": context, "sink": vars(sink), "decode": vars(decode),
             "seed": decode.seed, "scheduler": s.scheduler, "num_inference_steps": s.num_inference_steps,
-            "guidance_scale": s.guidance_scale, "image_size": detok_task.cfg.data.image_size,
+            "guidance_scale": s.guidance_scale, "image_size": pipeline.image_size,
             "first_frame": "the given first frame's tokenizer features, drawn by the de-tokenizer",
             "captions": "given (vis mode)" if mode == "vis" else "beat 0 given, the rest generated",
             "draw_seconds": round(draw_seconds, 3), "stories": per_story, **(meta or {})}

@@ -1,53 +1,22 @@
-"""Draw every frame of a list of stories with a text-to-image pipeline and write the generated-story
-layout (docs/story_format.md, "Generated stories").
+"""A dataset split's stories drawn into the generated-story layout (docs/story_format.md, "Generated
+stories"): every frame of every story, in batches, through a pipeline's `draw(captions, generators)`
+(src/pipelines/storygptv.py), or frame by frame with StoryGPT-V's stage 2.
 
-Each frame's starting noise comes from its own generator seeded by (seed, story position, frame), so a
-frame's image does not depend on the batch it was drawn in or on how many stories are drawn.
+Each frame's starting noise comes from its own generator seeded by (seed, story position, frame)
+(src/pipelines/diffusion.py), so a frame's image does not depend on how many stories are drawn.
 """
 from __future__ import annotations
 
-import inspect
 import json
 from pathlib import Path
 from typing import Callable, Optional
 
-import diffusers
 import torch
-from diffusers import StableDiffusionPipeline
 from PIL import Image
 from tqdm.auto import tqdm
 
-
-def make_scheduler(name: str, config_source):
-    """Any diffusers scheduler class by name, configured from the pipeline's scheduler config."""
-    cls = getattr(diffusers, name, None)
-    if cls is None or not hasattr(cls, "from_config"):
-        raise ValueError(f"key 'sample.scheduler': '{name}' is not a diffusers scheduler class")
-    config = dict(config_source)
-    accepted = inspect.signature(cls.__init__).parameters
-    if config.get("rescale_betas_zero_snr") and "rescale_betas_zero_snr" not in accepted:
-        # it would sample with other betas than the model was trained on (docs/char_ldm.md, "Noise schedule")
-        raise ValueError(f"key 'sample.scheduler': {name} has no zero-terminal-SNR option, but the model's scheduler "
-                         "config rescales its betas to zero SNR; use DPMSolverMultistepScheduler, DDIMScheduler, "
-                         "DDPMScheduler or EulerDiscreteScheduler")
-    if "skip_prk_steps" in accepted:  # a config from another class (e.g. DDIM) lacks it; SD 1.5 skips them
-        config.setdefault("skip_prk_steps", True)
-    return cls.from_config(config)
-
-
-def build_sd_pipeline(unet, vae, text_encoder, tokenizer, pretrained: str, scheduler: str):
-    from diffusers import DDPMScheduler
-
-    base = DDPMScheduler.load_config(pretrained, subfolder="scheduler")
-    pipe = StableDiffusionPipeline(vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet,
-                                   scheduler=make_scheduler(scheduler, base), safety_checker=None,
-                                   feature_extractor=None, requires_safety_checker=False)
-    pipe.set_progress_bar_config(disable=True)
-    return pipe
-
-
-def frame_generator(seed: int, story_index: int, frame: int, device) -> torch.Generator:
-    return torch.Generator(device=device).manual_seed(seed * 1_000_003 + story_index * 1009 + frame)
+from src.pipelines.diffusion import frame_generator
+from src.pipelines.storygptv import to_pixels
 
 
 def write_grid(rows: list[list[Image.Image]], path: Path) -> None:
@@ -60,22 +29,12 @@ def write_grid(rows: list[list[Image.Image]], path: Path) -> None:
     grid.save(path)
 
 
-def prompt_drawer(pipe, num_inference_steps: int, guidance_scale: float, image_size: int,
-                  guidance_rescale: float = 0.0):
-    """`draw` for generate_stories: the pipeline straight from the captions (the baseline LDM)."""
-    def draw(captions: list[str], generators: list[torch.Generator]) -> list[Image.Image]:
-        return pipe(captions, height=image_size, width=image_size, num_inference_steps=num_inference_steps,
-                    guidance_scale=guidance_scale, guidance_rescale=guidance_rescale, generator=generators,
-                    output_type="pil").images
-    return draw
-
-
 @torch.no_grad()
 def generate_stories(draw: Callable, stories, out_dir, caption_field: str = "captions", seed: int = 0,
                      num_inference_steps: int = 30, guidance_scale: float = 5.0, batch_size: int = 16,
                      image_size: int = 512, meta: Optional[dict] = None, progress: bool = True,
                      device="cpu") -> Path:
-    """`draw(captions, generators) -> PIL images` draws one batch of frames (see prompt_drawer);
+    """`draw(captions, generators) -> PIL images` draws one batch of frames (StoryGPTVPipeline.frame_drawer);
     the sampling settings given here are recorded in generation.json."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -123,3 +82,41 @@ def write_stories(images: dict, stories, out_dir: Path, caption_field: str, info
     if rows:
         write_grid(rows, out_dir / "grid.png")
     return out_dir
+
+
+@torch.no_grad()
+def generate_stage2_stories(pipeline, stories, out_dir, caption_field: str, seed: int = 0, meta: Optional[dict] = None,
+                            progress: bool = True) -> Path:
+    """StoryGPT-V stage 2 over a split (the released eval_llm.py): frame k of every story in batches of
+    the pipeline's `batch_size`, each story's LLM reading the frames drawn for it so far. Captions come
+    from `caption_field` (the co-reference captions); a frame is a pronoun frame where they differ from
+    the original captions. Writes the generated-story layout; generation.json records `meta`."""
+    settings = pipeline.settings
+    for story in stories:
+        if getattr(story, caption_field) is None:
+            raise ValueError(f"story '{story.id}' has no '{caption_field}'")
+    ref_embeds = pipeline.reference_embeddings()
+    images, drawn = {}, {}
+    bar = tqdm(total=sum(st.num_frames for st in stories), desc="stage-2 frames", disable=not progress,
+               dynamic_ncols=True)
+    for k in range(max((st.num_frames for st in stories), default=0)):
+        jobs = [i for i, st in enumerate(stories) if st.num_frames > k]
+        for start in range(0, len(jobs), settings.batch_size):
+            chunk = jobs[start:start + settings.batch_size]
+            captions = [getattr(stories[i], caption_field) for i in chunk]
+            pronoun = [getattr(stories[i], caption_field)[k] != stories[i].captions[k] for i in chunk]
+            generators = [frame_generator(seed, i, k, pipeline.device) for i in chunk]
+            drawn_so_far = [drawn.get(i, []) for i in chunk]
+            frames, _ = pipeline.stage2_step(captions, k, drawn_so_far, pronoun, ref_embeds, generators, settings)
+            for i, image in zip(chunk, frames):
+                images[(i, k)] = image
+                drawn.setdefault(i, []).append(to_pixels(image))
+            bar.update(len(chunk))
+    bar.close()
+    s = settings
+    info = {"num_stories": len(stories), "caption_field": caption_field, "seed": seed, "stage": 2,
+            "num_inference_steps": s.num_inference_steps, "guidance_scale": s.guidance_scale,
+            "guidance_rescale": s.guidance_rescale, "image_size": pipeline.image_size, "scheduler": s.scheduler,
+            "first_frame": pipeline.first_frame, "start_merge_step": s.start_merge_step,
+            "pronoun_frames_fused_from_step": 0, **(meta or {})}
+    return write_stories(images, stories, Path(out_dir), caption_field, info)

@@ -2,13 +2,10 @@
 
 The LLM reads the story so far, the earlier frames as K soft tokens each and the earlier captions, then
 the current caption followed by R [IMG] tokens; the GILL mapper turns the [IMG] tokens' hidden states
-into Char-LDM's text conditioning. The target is Char-LDM's fused embedding of the current caption with
-the names restored (src/tools/target_cache.py), so reading "he" the LLM learns to point at "Fred".
-
-Prompt for target frame t (captions S from `data.caption_field`, the co-reference captions):
-  <bos> for each i < t: " Image: <img>" [K soft tokens of frame i] "</img> Caption: S_i"
-        then " Caption: S_t Image:" [IMG0]..[IMG{R-1}]
-`model.interleave: false` drops the earlier frames (the paper's Caption- ablation).
+into Char-LDM's text conditioning (the prompt and the forward pass: src/models/storygptv_stage2.py;
+captions from `data.caption_field`, the co-reference captions). The target is Char-LDM's fused embedding
+of the current caption with the names restored (src/data/target_cache.py, built by
+src/tools/align_targets.py), so reading "he" the LLM learns to point at "Fred".
 
 Losses: ce_weight * CE on the [IMG] tokens (`ce_tokens: all`: every text token plus [IMG0], the
 released code) + align_weight * alignment to the cached target (`align_loss: mse`, the squared error of
@@ -24,82 +21,29 @@ L=77 conditioning tokens, E conditioning width, S vision input size.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import List, Optional
+from typing import Optional
 
 import torch
 import torch.nn.functional as F
 
+from src import runs
 from src.data.datasets import StoryDataset
+from src.data.stories import read_split
+from src.data.target_cache import TargetCache, default_cache_dir
 from src.models.character_encoder import CharacterImageEncoder
 from src.models.llm_with_image_tokens import LLMWithImageTokens
 from src.models.mappers import GILLMapper, ImageToTokens
+from src.models.storygptv_stage2 import StoryConditioner
+from src.pipelines.story_sampler import generate_stage2_stories
+from src.pipelines.storygptv import DrawSettings
 from src.tasks.base import Task
-from src.tools.target_cache import TargetCache, default_cache_dir
-
-
-@dataclass
-class MapperConfig:           # GILL's mapper: d 512, 4 + 4 layers, 4 heads, FF 2048, no dropout
-    width: int = 512
-    encoder_layers: int = 4
-    decoder_layers: int = 4
-    heads: int = 4
-    ffn: int = 2048
-
-
-@dataclass
-class LoraSettings:           # peft LoraConfig for llm_mode: lora
-    r: int = 8
-    lora_alpha: int = 16
-    lora_dropout: float = 0.05
-    target_modules: List[str] = field(default_factory=lambda: ["q_proj", "v_proj"])
-    modules_to_save: Optional[List[str]] = None   # modules trained whole and saved beside the adapters
-
-
-@dataclass
-class AlignModelConfig:
-    llm: str = "pretrained/opt-6.7b"          # any Hugging Face causal-LM folder with its tokenizer
-    llm_dtype: str = "bfloat16"               # float32 | bfloat16 | float16 (the frozen LM's weights)
-    llm_mode: str = "frozen"                  # frozen (paper: only the [IMG] rows train) | lora | full
-    lora: LoraSettings = field(default_factory=LoraSettings)
-    num_image_tokens: int = 8                 # R
-    visual_tokens: int = 4                    # K soft tokens per earlier frame
-    vision_encoder: str = "pretrained/clip-vit-large-patch14"   # frozen CLIP vision tower (pooled output)
-    interleave: bool = True                   # false: captions only (the Caption- ablation)
-    first_frame_target: bool = False          # also train on frame 0 as a target (released: never)
-    max_length: int = 160                     # prompt tokens; the earliest frames are dropped beyond it
-    mapper: MapperConfig = field(default_factory=MapperConfig)
-    conditioning: List[int] = field(default_factory=lambda: [77, 768])   # Char-LDM's [L, E]; the cache must match
-    stage1: str = "outputs/ldm/toy/default"   # the Char-LDM run (or checkpoint) whose targets we learn
-    target: str = "fuse"                      # fuse (Emb_fuse) | text (Emb_text): the default cache to read
-    targets: Optional[str] = None             # a cache folder; default <stage1 run>/targets/<step>-<target>
-    ce_weight: float = 0.5
-    ce_tokens: str = "img"                    # img (paper Eq. 4) | all (released: text tokens + [IMG0])
-    align_weight: float = 1.0
-    align_loss: str = "mse"                   # mse (squared, Eq. 6) | l2 (released: per-token distance)
-    diffusion_weight: float = 0.0             # released v2: denoising loss through the frozen Char-LDM UNet
-    val_stories: int = 0                      # validation: the first N val stories (0: all)
-    first_frame: str = "char_ldm"             # inference: frame 0 from char_ldm (released) | llm (paper)
-
+from src.tasks.model_configs import lora_kwargs
+from src.tasks.validation import Means, val_batches
 
 CHOICES = {"llm_mode": ("frozen", "lora", "full"), "ce_tokens": ("img", "all"), "align_loss": ("mse", "l2"),
            "target": ("fuse", "text"), "first_frame": ("char_ldm", "llm"),
            "llm_dtype": ("float32", "bfloat16", "float16")}
-
-
-def story_prompt(captions: list[str], target: int, image_tokens: list, img_ids: list[int],
-                 interleave: bool = True) -> list:
-    """The interleaved prompt for `target` as pieces for LLMWithImageTokens.assemble: strings, the
-    soft tokens of frame i (`image_tokens[i]`) and the [IMG] ids (docs/storygpt_v_stage2.md, gill/data.py)."""
-    pieces = []
-    for i in range(target):
-        if interleave:
-            pieces += [" Image: <img>", image_tokens[i], f"</img> Caption: {captions[i]}"]
-        else:
-            pieces.append(f" Caption: {captions[i]}")
-    pieces += [f" Caption: {captions[target]} Image:", list(img_ids)]
-    return pieces
 
 
 def alignment_loss(pred: torch.Tensor, target: torch.Tensor, kind: str) -> torch.Tensor:
@@ -111,7 +55,7 @@ def alignment_loss(pred: torch.Tensor, target: torch.Tensor, kind: str) -> torch
 
 
 class AlignTask(Task):
-    ModelConfig = AlignModelConfig
+    upstream_keys = ("stage1",)  # model keys naming runs this task rebuilds (src/assets.py prepares theirs)
     model_choices = CHOICES
     best_metric = "val/l2"  # lower is better; the engine keeps the best checkpoint by it
 
@@ -121,9 +65,7 @@ class AlignTask(Task):
         self._targets = None  # the target cache, opened on first use (the constructor reads no data)
         self.llm = LLMWithImageTokens.from_pretrained(
             m.llm, m.num_image_tokens, m.llm_mode, m.llm_dtype,
-            lora=dict(r=m.lora.r, lora_alpha=m.lora.lora_alpha, lora_dropout=m.lora.lora_dropout,
-                      target_modules=list(m.lora.target_modules),
-                      modules_to_save=list(m.lora.modules_to_save) if m.lora.modules_to_save else None))
+            lora=lora_kwargs(m.lora))
         self.vision = CharacterImageEncoder.from_pretrained(m.vision_encoder, trainable_layers=0)
         self.visual_tokens = ImageToTokens(self.vision.vision_model.config.hidden_size, self.llm.width,
                                            m.visual_tokens)
@@ -131,6 +73,8 @@ class AlignTask(Task):
         mp = m.mapper
         self.mapper = GILLMapper(self.llm.width, width, num_tokens, mp.width, mp.encoder_layers,
                                  mp.decoder_layers, mp.heads, mp.ffn)
+        self.conditioner = StoryConditioner(self.llm, self.vision, self.visual_tokens, self.mapper, m.interleave,
+                                            m.max_length)
         self._stage1 = {}  # the frozen Char-LDM task, built on first use (sampling, v2 loss); not a submodule
 
     # ---- targets and stage 1 ----------------------------------------------------------------------
@@ -141,17 +85,15 @@ class AlignTask(Task):
         return self._targets
 
     def open_targets(self) -> TargetCache:
-        from src.tasks.from_checkpoint import file_sha256, resolve_run_checkpoint, weights_file
-
         m = self.cfg.model
-        _, ckpt = resolve_run_checkpoint(m.stage1)
-        folder = Path(m.targets) if m.targets else default_cache_dir(m.stage1, m.target)
+        run_dir, ckpt = runs.resolve_run_checkpoint(m.stage1)
+        folder = Path(m.targets) if m.targets else default_cache_dir(run_dir, ckpt, m.target)
         if not (folder / "manifest.json").is_file():
             raise FileNotFoundError(f"{folder}/manifest.json: no target cache for model.stage1={m.stage1}; "
-                                    f"make it with: bash scripts/clip.sh {self.cfg.data.name} {m.stage1} "
+                                    f"make it with: bash scripts/align_targets.sh {self.cfg.data.name} {m.stage1} "
                                     f"--target {m.target}")
         cache = TargetCache(folder)
-        cache.check_checkpoint(file_sha256(weights_file(ckpt)), m.stage1)
+        cache.check_checkpoint(runs.file_sha256(runs.weights_file(ckpt)), m.stage1)
         if list(cache.manifest["shape"]) != list(m.conditioning):
             raise ValueError(f"{cache.manifest_path}: targets of shape {cache.manifest['shape']}, but key "
                              f"'model.conditioning' is {list(m.conditioning)}")
@@ -160,9 +102,7 @@ class AlignTask(Task):
     def stage1(self):
         """The frozen Char-LDM task with its trained weights (on this task's device)."""
         if "task" not in self._stage1:
-            from src.tasks.from_checkpoint import load_task_from_checkpoint
-
-            task, cfg, weights = load_task_from_checkpoint(self.cfg.model.stage1)
+            task, cfg, weights = runs.load_task(self.cfg.model.stage1)
             task.requires_grad_(False).eval()
             self._stage1.update(task=task, cfg=cfg, weights=str(weights))
         task = self._stage1["task"]
@@ -208,43 +148,15 @@ class AlignTask(Task):
     def conditioning_module(self):
         return self.mapper
 
-    # ---- the model ----------------------------------------------------------------------------------
+    # ---- the model (src/models/storygptv_stage2.py) -------------------------------------------------
     def frame_tokens(self, pixel_values: torch.Tensor) -> torch.Tensor:
-        """[N,3,H,W] in [-1,1] -> soft tokens [N,K,D] (frozen tower, trained linear)."""
-        size = self.vision.image_size
-        pixels = (pixel_values.float() + 1) / 2
-        if pixels.shape[-1] != size:
-            pixels = F.interpolate(pixels, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
-        with torch.no_grad():
-            pooled = self.vision.pooled(pixels.to(self.visual_tokens.proj.weight.device))
-        return self.visual_tokens(pooled.to(self.visual_tokens.proj.weight.dtype))
+        return self.conditioner.frame_tokens(pixel_values)
 
     def fit_prompt(self, captions: list[str], target: int, tokens: list) -> list:
-        """The prompt, with the earliest frames dropped while it is longer than model.max_length."""
-        m, ids = self.cfg.model, self.llm.image_token_ids
-        first = 0
-        while True:
-            pieces = story_prompt(captions[first:], target - first, tokens[first:], ids, m.interleave)
-            length = 1 + sum(p.shape[0] if torch.is_tensor(p) else
-                             len(self.llm.text_ids(p)) if isinstance(p, str) else len(p) for p in pieces)
-            if length <= m.max_length or first == target:
-                return pieces
-            first += 1
+        return self.conditioner.fit_prompt(captions, target, tokens)
 
     def condition(self, captions: list[list[str]], targets: list[int], frame_tokens: list) -> dict:
-        """Mapper output [B,L,E] for the given target frames, plus what the losses need."""
-        prompts = [self.fit_prompt(c, t, tok) for c, t, tok in zip(captions, targets, frame_tokens)]
-        embeds, ids, mask = self.llm.assemble(prompts)
-        hidden = self.llm(embeds, mask)
-        is_img = ids >= self.llm.vocab_size
-        count = is_img.sum(1)
-        if not bool((count == self.llm.num_image_tokens).all()):
-            raise RuntimeError(f"prompt holds {count.tolist()} [IMG] tokens, expected {self.llm.num_image_tokens}")
-        rows = is_img.nonzero(as_tuple=True)
-        width = hidden.shape[-1]
-        img_hidden = hidden[rows].view(len(prompts), -1, width)
-        img_embeds = embeds[rows].view(len(prompts), -1, width)
-        return {"conditioning": self.mapper(img_hidden, img_embeds), "hidden": hidden, "ids": ids}
+        return self.conditioner.condition(captions, targets, frame_tokens)
 
     def ce_loss(self, hidden: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
         labels = ids[:, 1:]
@@ -286,38 +198,48 @@ class AlignTask(Task):
         ldm = self.stage1()
         frames = batch["pixel_values"][torch.arange(len(targets)), targets.to(batch["pixel_values"].device)]
         latents = ldm.encode_latents(frames)
-        noise, timesteps, noisy = ldm.add_training_noise(latents)
+        noise, timesteps, noisy = ldm.objective.add_noise(latents)
         model_pred = ldm.unet(noisy, timesteps, conditioning.to(ldm.unet.dtype)).sample
-        return ldm.diffusion_loss(model_pred, ldm.diffusion_target(latents, noise, timesteps), timesteps)
+        return ldm.objective.loss(model_pred, ldm.objective.target(latents, noise, timesteps), timesteps)
 
     # ---- validation ---------------------------------------------------------------------------------
     @torch.no_grad()
     def validate(self) -> dict:
-        """Alignment error on val, every story at every target frame (deterministic)."""
-        data = self.dataset("val")
-        count = self.cfg.model.val_stories or len(data)
+        """Alignment error on val, every story at every target frame (deterministic); the mean over frames."""
         lo = 0 if self.cfg.model.first_frame_target else 1
-        device = self.mapper.out.weight.device
-        total_l2, total_mse, n = 0.0, 0.0, 0
-        step = max(1, self.cfg.train.batch_size)
-        for start in range(0, min(count, len(data)), step):
-            batch = self.collate([data[i] for i in range(start, min(start + step, count, len(data)))])
-            batch = {k: v.to(device) if torch.is_tensor(v) else v for k, v in batch.items()}
+        means = Means()
+        for batch in val_batches(self.dataset("val"), self.cfg.model.val_stories, self.cfg.train.batch_size,
+                                 self.collate, self.mapper.out.weight.device):
             for t in range(lo, int(batch["num_frames"].max())):
                 rows = (batch["num_frames"] > t).nonzero(as_tuple=True)[0]
                 sub = {k: (v[rows] if torch.is_tensor(v) else [v[i] for i in rows.tolist()]) for k, v in batch.items()}
                 pred = self.story_conditioning(sub, torch.full((len(rows),), t))["conditioning"]
                 target = sub["targets"][:, t]
-                total_l2 += float(alignment_loss(pred, target, "l2")) * len(rows)
-                total_mse += float(alignment_loss(pred, target, "mse")) * len(rows)
-                n += len(rows)
-        return {"val/l2": total_l2 / max(n, 1), "val/mse": total_mse / max(n, 1)}
+                means.add("val/l2", alignment_loss(pred, target, "l2"), len(rows))
+                means.add("val/mse", alignment_loss(pred, target, "mse"), len(rows))
+        return means.means()
 
-    # ---- sampling -----------------------------------------------------------------------------------
+    # ---- sampling (src/pipelines/storygptv.py) ------------------------------------------------------
+    def pipeline(self):
+        """Char-LDM's pipeline (the stage-1 run's models and merge step) with this stage's LLM, drawing with
+        this run's sample settings."""
+        ldm = self.stage1()
+        settings = DrawSettings.from_config(self.cfg.sample, ldm.start_merge_step())
+        return ldm.pipeline(settings, stage2=self.conditioner, first_frame=self.cfg.model.first_frame)
+
     @torch.no_grad()
     def sample(self, out_dir: Path, split: str, num_stories: Optional[int] = None, seed: Optional[int] = None,
                extra_meta: Optional[dict] = None) -> Path:
-        from src.pipelines.storygptv import generate_stage2_stories
-
-        return generate_stage2_stories(self, self.stage1(), out_dir, split, num_stories,
-                                       seed=self.cfg.sample.seed if seed is None else seed, extra_meta=extra_meta)
+        """`split`'s stories drawn frame by frame from `data.caption_field` (the co-reference captions)."""
+        root, field = self.cfg.data.root, self.cfg.data.caption_field
+        stories = read_split(root, split)[1][:num_stories or None]
+        for story in stories:
+            if getattr(story, field) is None:
+                raise ValueError(f"{root}/{split}.jsonl: story '{story.id}' has no '{field}'")
+        pipe = self.pipeline()
+        meta = {"dataset_root": str(root), "split": split, "task": "align",
+                "stage1_checkpoint": self._stage1.get("weights"), **(extra_meta or {})}
+        if "checkpoint" in meta:
+            meta["stage2_checkpoint"] = meta["checkpoint"]
+        return generate_stage2_stories(pipe, stories, out_dir, field, seed=self.cfg.sample.seed if seed is None else seed,
+                                       meta=meta)

@@ -27,8 +27,8 @@ from torch import nn
 
 
 class Task(nn.Module):
-    ModelConfig = None  # a dataclass: the schema of the config's `model:` section
     model_choices: dict = {}  # `model:` key -> its allowed values, checked before any model is built
+    upstream_keys: tuple = ()  # `model:` keys naming run folders this task rebuilds (src/assets.py prepares them)
 
     def __init__(self, cfg):
         super().__init__()

@@ -7,7 +7,8 @@ The baseline LDM (src/tasks/ldm.py) plus
   - the mask-restricted denoising loss with probability `mask_loss_prob` (released code, not in the paper);
   - conditioning dropout: empty caption / text-only / fused;
   - delayed conditioning at sampling (text-only for the first `start_merge_step` steps, FastComposer).
-`character_conditioning: false` turns all of it off: the task is then exactly the baseline LDM.
+`character_conditioning: false` turns all of it off: the recipe then runs the baseline LDMTask
+(src/tasks/__init__.py). Drawing: src/pipelines/storygptv.py; the conditioning: src/models/char_conditioning.py.
 
 Shapes: B batch, L=77 tokens, D text width (= image projection width), M character slots per frame,
 R reference size, c×h×w latents, H×W frames.
@@ -17,8 +18,7 @@ R reference size, c×h×w latents, H×W frames.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import List, Optional
+from typing import Optional
 
 import torch
 import torch.nn.functional as F
@@ -26,50 +26,20 @@ import torch.nn.functional as F
 from src.data.datasets import CharacterFrameDataset, collate_frames
 from src.data.references import augment_references, fixed_references
 from src.data.stories import read_meta
-from src.models.attention_control import (AttentionStore, attention_control_loss, install_processors,
-                                          name_token_weights)
+from src.models.attention_control import AttentionStore, attention_control_loss, install_processors, name_token_weights
+from src.models.char_conditioning import find_names, token_slots
 from src.models.character_encoder import CharacterImageEncoder
 from src.models.fuse import FuseModule
-from src.models.name_tokens import name_patterns, name_token_positions
-from src.tasks.ldm import LDMModelConfig, LDMTask
-
-
-@dataclass
-class ReferenceAugmentConfig:
-    rotate: float = 30.0                  # degrees, ±
-    scale: List[float] = field(default_factory=lambda: [0.8, 1.2])   # zoom range
-    translate: float = 0.1                # fraction of the reference size, ±
-    flip: float = 0.5                     # probability of a horizontal flip
-    jitter: float = 0.2                   # brightness / contrast / saturation, ±
-    gray: float = 0.1                     # probability
-    blur: float = 0.1                     # probability
-
-
-@dataclass
-class CharLDMModelConfig(LDMModelConfig):
-    character_conditioning: bool = True   # false: the baseline LDM (no image encoder, fuse or extra losses)
-    image_encoder: str = "pretrained/clip-vit-large-patch14"   # a CLIPModel / CLIPVisionModelWithProjection folder
-    image_encoder_trainable_layers: int = 2
-    max_characters: int = 4               # name slots fused per caption (FastComposer's max_num_objects)
-    text_only_prob: float = 0.1           # caption_dropout (empty) + text_only_prob + fused = 1 (paper 10/10/80)
-    attention_loss_weight: float = 1.0e-3   # lambda of Eq. 3 (released code's --reg_weight)
-    attention_layers: List[str] = field(default_factory=lambda: [
-        "down_blocks.1", "down_blocks.2", "mid_block", "up_blocks.1", "up_blocks.2"])
-    mask_loss_prob: float = 0.3           # MSE restricted to the characters' union mask on this share of batches
-    fixed_reference_prob: float = 0.0     # train with the dataset's fixed chars/ reference instead of the crop
-    reference_augment: ReferenceAugmentConfig = field(default_factory=ReferenceAugmentConfig)
-    start_merge_step: int = 15            # sampling: text-only conditioning for this many steps, fused after
+from src.models.name_tokens import name_patterns
+from src.tasks.ldm import LDMTask
 
 
 class CharLDMTask(LDMTask):
-    ModelConfig = CharLDMModelConfig
-
     def __init__(self, cfg, components: Optional[dict] = None):
         super().__init__(cfg, components)
         m = cfg.model
-        self.character_conditioning = m.character_conditioning
-        if not self.character_conditioning:
-            return
+        if not m.character_conditioning:
+            raise ValueError("key 'model.character_conditioning': false runs the baseline LDMTask (build_task picks it)")
         if m.caption_dropout + m.text_only_prob > 1:
             raise ValueError(f"model.caption_dropout + model.text_only_prob = "
                              f"{m.caption_dropout + m.text_only_prob} > 1")
@@ -100,36 +70,26 @@ class CharLDMTask(LDMTask):
         return self._fixed_refs
 
     def find_names(self, caption: str) -> list:
-        return name_token_positions(self.tokenizer, caption, self.name_patterns, self.tokenizer.model_max_length)
+        return find_names(self.tokenizer, caption, self.name_patterns)
 
     def token_slots(self, found: list, slot_of: dict) -> torch.Tensor:
-        """[L] long: the slot (slot_of[name]) each token of `find_names`' names gets, -1 elsewhere."""
-        token_char = torch.full((self.tokenizer.model_max_length,), -1, dtype=torch.long)
-        for name, positions in found:
-            slot = slot_of.get(name)
-            if slot is not None and slot < self.cfg.model.max_characters:
-                token_char[positions] = slot
-        return token_char
+        return token_slots(found, slot_of, self.tokenizer.model_max_length, self.cfg.model.max_characters)
 
     # ---- data -------------------------------------------------------------------------------------
     def train_dataset(self):
-        if not self.character_conditioning:
-            return super().train_dataset()
         return CharacterFrameDataset(self.cfg.data.root, "train", self.cfg.data.image_size,
                                      self.image_encoder.image_size, caption_field=self.cfg.data.caption_field)
 
     def collate(self, items):
         batch = collate_frames(items)
-        if self.character_conditioning:  # a name's slot is its index in the frame's annotated characters
-            batch["token_char"] = torch.stack([
-                self.token_slots(self.find_names(caption), {name: j for j, name in enumerate(names)})
-                for caption, names in zip(batch["caption"], batch["characters"])])
+        # a name's slot is its index in the frame's annotated characters
+        batch["token_char"] = torch.stack([
+            self.token_slots(self.find_names(caption), {name: j for j, name in enumerate(names)})
+            for caption, names in zip(batch["caption"], batch["characters"])])
         return batch
 
     def example_batch(self, batch_size: int, device) -> dict:
         batch = super().example_batch(batch_size, device)
-        if not self.character_conditioning:
-            return batch
         slots, size, ref = self.cfg.model.max_characters, self.cfg.data.image_size, self.image_encoder.image_size
         batch.update({
             "characters": [[f"character {j}" for j in range(slots)] for _ in range(batch_size)],  # every slot named
@@ -141,7 +101,7 @@ class CharLDMTask(LDMTask):
         return batch
 
     def conditioning_module(self):
-        return self.fuse if self.character_conditioning else super().conditioning_module()
+        return self.fuse
 
     # ---- training ---------------------------------------------------------------------------------
     def encode_references(self, batch: dict, slots: torch.Tensor) -> torch.Tensor:
@@ -169,8 +129,6 @@ class CharLDMTask(LDMTask):
         return embeds
 
     def training_step(self, batch):
-        if not self.character_conditioning:
-            return super().training_step(batch)
         m = self.cfg.model
         pixel_values, token_char, char_masks = batch["pixel_values"], batch["token_char"], batch["char_masks"]
         batch_size, num_slots = char_masks.shape[:2]
@@ -186,7 +144,7 @@ class CharLDMTask(LDMTask):
         states = torch.where(empty[:, None, None], null_states.expand_as(text_states), text_states)
         encoder_hidden_states = self.fuse(states, char_embeds, torch.where(fused[:, None], token_char, -1))
 
-        noise, timesteps, noisy_latents = self.add_training_noise(latents)
+        noise, timesteps, noisy_latents = self.objective.add_noise(latents)
 
         # Eq. 2-3 on every frame whose caption still names a character that has a mask.
         attend = named & (char_masks.flatten(2).amax(-1) > 0) & ~empty[:, None]
@@ -197,75 +155,26 @@ class CharLDMTask(LDMTask):
             model_pred = self.denoise(noisy_latents, timesteps, encoder_hidden_states)
         finally:
             maps = self.attention_store.stop()
-        target = self.diffusion_target(latents, noise, timesteps)
+        target = self.objective.target(latents, noise, timesteps)
 
         if m.mask_loss_prob > 0 and float(torch.rand(())) < m.mask_loss_prob:
             union = F.interpolate(char_masks.amax(1, keepdim=True), size=latents.shape[-2:], mode="bilinear",
                                   antialias=True, align_corners=False).to(model_pred.dtype)
             model_pred, target = model_pred * union, target * union
-        mse = self.diffusion_loss(model_pred, target, timesteps)
+        mse = self.objective.loss(model_pred, target, timesteps)
         attention = attention_control_loss(maps, char_masks, attend) if record else mse.new_zeros(())
         loss = mse + m.attention_loss_weight * attention
         return {"loss": loss, "mse": mse.detach(), "attention": attention.detach()}
 
-    # ---- sampling ---------------------------------------------------------------------------------
-    @torch.no_grad()
-    def reference_embeddings(self) -> dict:
-        """{name: [D]} from the fixed references with the current weights."""
-        refs = self.fixed_references()
-        if not refs:
-            return {}
-        names = sorted(refs)
-        device = self.image_encoder.visual_projection.weight.device
-        embeds = self.image_encoder(torch.stack([refs[n] for n in names]).to(device))
-        return dict(zip(names, embeds))
+    # ---- sampling (src/pipelines/storygptv.py) ------------------------------------------------------
+    def start_merge_step(self) -> int:
+        return self.cfg.model.start_merge_step
 
-    @torch.no_grad()
-    def condition(self, captions: list[str], ref_embeds: dict) -> tuple[torch.Tensor, torch.Tensor]:
-        """(text-only, fused) encoder states [B,L,D] for sampling; slots in order of first mention."""
-        text_states = self.encode_text(captions)
-        token_char, embeds = [], []
-        for caption in captions:
-            found = self.find_names(caption)
-            order = list(dict.fromkeys(name for name, _ in found))[: self.cfg.model.max_characters]
-            missing = [n for n in order if n not in ref_embeds]
-            if missing:
-                raise ValueError(f"{self.cfg.data.root}/meta.json: no reference image for {missing}, named in "
-                                 f"the caption {caption!r} (add 'reference' to those characters)")
-            token_char.append(self.token_slots(found, {n: j for j, n in enumerate(order)}))
-            embeds.append([ref_embeds[n] for n in order])
-        slots = max(1, max(len(e) for e in embeds))
-        char_embeds = text_states.new_zeros(len(captions), slots, text_states.shape[-1])
-        for b, row in enumerate(embeds):
-            for j, embed in enumerate(row):
-                char_embeds[b, j] = embed
-        fused = self.fuse(text_states, char_embeds, torch.stack(token_char).to(text_states.device))
-        return text_states, fused
+    def character_parts(self) -> dict:
+        return {"image_encoder": self.image_encoder, "fuse": self.fuse, "name_patterns": self.name_patterns,
+                "max_characters": self.cfg.model.max_characters, "references": self.fixed_references(),
+                "references_from": f"{self.cfg.data.root}/meta.json"}
 
     def generation_meta(self) -> dict:
-        if not self.character_conditioning:
-            return super().generation_meta()
         return {"task": "char_ldm", "start_merge_step": self.cfg.model.start_merge_step,
                 "references": "meta.json fixed references (chars/)"}
-
-    def drawer(self, pipe):
-        if not self.character_conditioning:
-            return super().drawer(pipe)
-        s, merge = self.cfg.sample, self.cfg.model.start_merge_step
-        ref_embeds = self.reference_embeddings()
-
-        def draw(captions, generators):
-            text_states, fused = self.condition(captions, ref_embeds)
-            null = self.encode_text([""] * len(captions))
-            cfg_on = s.guidance_scale > 1
-
-            def delayed_conditioning(pipeline, i, t, tensors):  # after step i: fused from step `merge` on
-                if i + 1 == merge:
-                    return {"prompt_embeds": torch.cat([null, fused]) if cfg_on else fused}
-                return {}
-            return pipe(prompt_embeds=text_states if merge > 0 else fused, negative_prompt_embeds=null,
-                        height=self.cfg.data.image_size, width=self.cfg.data.image_size,
-                        num_inference_steps=s.num_inference_steps, guidance_scale=s.guidance_scale,
-                        guidance_rescale=s.guidance_rescale, generator=generators, output_type="pil", callback_on_step_end=delayed_conditioning,
-                        callback_on_step_end_tensor_inputs=["prompt_embeds"]).images
-        return draw

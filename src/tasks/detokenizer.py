@@ -15,12 +15,11 @@ Shapes: B batch, S frame size, L feature tokens, E feature width, c/h/w latent c
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
 import torch
-from diffusers import AutoencoderKL, DDPMScheduler, StableDiffusionXLPipeline, UNet2DConditionModel
+from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
 
 from src.data.datasets import FrameDataset, collate_frames
 from src.data.stories import Story, read_split
@@ -29,35 +28,12 @@ from src.models.detokenizer import NUM_TIME_IDS, TRAINABLE_UNET, Detokenizer, lo
 from src.models.pretrained import load_pretrained
 from src.models.resamplers import NORMALIZE_MODES, ResamplerXL
 from src.models.visual_tokenizer import build_visual_tokenizer
-from src.pipelines.story_sampler import frame_generator, make_scheduler, write_stories
+from src.pipelines.diffusion import frame_generator, scheduler_config
+from src.pipelines.seed_story import DetokenizerSettings, SeedStoryPipeline
+from src.pipelines.story_sampler import write_stories
+from src.tasks.base import Task
+from src.tasks.diffusion import DiffusionObjective, encode_latents
 from src.tasks.frozen_cache import encode_frames, sample_latents
-from src.tasks.ldm import LDMTask
-
-
-@dataclass
-class DetokenizerModelConfig:
-    pretrained: str = "pretrained/stable-diffusion-xl-base-1.0"  # diffusers SDXL folder: unet, vae, scheduler
-    tokenizer: str = "qwen_vit"           # qwen_vit | hf | open_clip (src/models/visual_tokenizer.py)
-    tokenizer_path: str = "pretrained/qwen_vit_G.safetensors"
-    tokenizer_arch: Optional[str] = None  # open_clip only: the architecture name
-    # A converted de-tokenizer (src.tools.convert_seed_detokenizer): UNet + resampler weights, and the
-    # resampler's hyper-parameters from the file, which then override the resampler_* keys below.
-    init_weights: Optional[str] = None
-    train_unet: str = "full"              # full | to_kv | none
-    normalize: str = "token"              # token | released (SEED-Story's across-token F.normalize) | none
-    resampler_dim: int = 1024
-    resampler_depth: int = 4
-    resampler_heads: int = 16
-    resampler_dim_head: int = 64
-    resampler_latents: int = 64
-    resampler_ff_mult: int = 4
-    uncond_prob: float = 0.1              # features replaced by the empty image's (classifier-free guidance)
-    # Encode every training frame once with the frozen tokenizer and VAE (features + latent posterior) and
-    # keep them in memory: same losses, no frozen forward passes per step. For small datasets (toy).
-    cache_frozen: bool = False
-    noise_offset: float = 0.0
-    snr_gamma: float = 0.0
-    gradient_checkpointing: bool = False
 
 
 def stored_frame_time_ids(root, story: Story, k: int, size: int) -> torch.Tensor:
@@ -65,16 +41,6 @@ def stored_frame_time_ids(root, story: Story, k: int, size: int) -> torch.Tensor
     (frames are resized whole to the square training size), target (size, size)."""
     height, width = story_file(root, story, "images", k, image_size)  # the header only
     return torch.tensor(sdxl_time_ids((height, width), (0, 0), (size, size)), dtype=torch.float32)
-
-
-def sdxl_pipeline(vae, unet, pretrained: str, scheduler: str) -> StableDiffusionXLPipeline:
-    """SDXL's pipeline without its text encoders (the de-tokenizer gives prompt_embeds), with the sampler
-    `scheduler` built from the SDXL folder's scheduler config."""
-    base = DDPMScheduler.load_config(pretrained, subfolder="scheduler")
-    pipe = StableDiffusionXLPipeline(vae=vae, text_encoder=None, text_encoder_2=None, tokenizer=None,
-                                     tokenizer_2=None, unet=unet, scheduler=make_scheduler(scheduler, base))
-    pipe.set_progress_bar_config(disable=True)
-    return pipe
 
 
 class DetokenizerFrames(FrameDataset):
@@ -87,17 +53,16 @@ class DetokenizerFrames(FrameDataset):
         return item
 
 
-class DetokenizerTask(LDMTask):
-    """Shares LDMTask's latent encoding, training noise and diffusion loss; the SD 1.5 text stack is not
-    loaded (Task.__init__ directly)."""
-    ModelConfig = DetokenizerModelConfig
+class DetokenizerTask(Task):
+    """The denoising objective (src/tasks/diffusion.py) is the one Char-LDM trains with."""
     model_choices = {"train_unet": TRAINABLE_UNET, "normalize": NORMALIZE_MODES}
 
     def __init__(self, cfg):
-        super(LDMTask, self).__init__(cfg)
+        super().__init__(cfg)
         m = cfg.model
         self.vae = load_pretrained(AutoencoderKL, m.pretrained, subfolder="vae").requires_grad_(False)
         self.noise_scheduler = DDPMScheduler.from_pretrained(m.pretrained, subfolder="scheduler")
+        self.objective = DiffusionObjective(self.noise_scheduler, m.noise_offset, m.snr_gamma, m.pretrained)
         self.visual_tokenizer = build_visual_tokenizer(m.tokenizer, m.tokenizer_path, m.tokenizer_arch)
         unet = load_pretrained(UNet2DConditionModel, m.pretrained, subfolder="unet")
         if m.init_weights:
@@ -139,6 +104,9 @@ class DetokenizerTask(LDMTask):
         return self.detokenizer.resampler
 
     # ---- training ---------------------------------------------------------------------------------
+    def encode_latents(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        return encode_latents(self.vae, pixel_values)
+
     def drop_condition(self, features: torch.Tensor, drop_prob: float) -> torch.Tensor:
         """With probability `drop_prob` a frame's features become the empty image's."""
         if drop_prob > 0:
@@ -172,14 +140,16 @@ class DetokenizerTask(LDMTask):
     def training_step(self, batch):
         latents, features = self.frozen_outputs(batch)
         features = self.drop_condition(features, self.cfg.model.uncond_prob)
-        noise, timesteps, noisy_latents = self.add_training_noise(latents)
+        noise, timesteps, noisy_latents = self.objective.add_noise(latents)
         model_pred = self.detokenizer(noisy_latents, timesteps, features, batch["time_ids"])
-        target = self.diffusion_target(latents, noise, timesteps)
-        return {"loss": self.diffusion_loss(model_pred, target, timesteps)}
+        target = self.objective.target(latents, noise, timesteps)
+        return {"loss": self.objective.loss(model_pred, target, timesteps)}
 
-    # ---- sampling: reconstructions -----------------------------------------------------------------
-    def pipeline(self) -> StableDiffusionXLPipeline:
-        return sdxl_pipeline(self.vae, self.detokenizer.unet, self.cfg.model.pretrained, self.cfg.sample.scheduler)
+    # ---- sampling: reconstructions (src/pipelines/seed_story.py) --------------------------------------
+    def pipeline(self, **parts) -> SeedStoryPipeline:
+        """The drawing pipeline over this de-tokenizer (`mllm=`, `special=`: a story_sft run's, to write)."""
+        return SeedStoryPipeline(self.detokenizer, self.vae, self.visual_tokenizer, scheduler_config(self.cfg.model.pretrained),
+                                 self.cfg.data.image_size, DetokenizerSettings.from_config(self.cfg.sample), **parts)
 
     @torch.no_grad()
     def sample(self, out_dir: Path, split: str, num_stories: Optional[int] = None, seed: Optional[int] = None,
@@ -190,20 +160,13 @@ class DetokenizerTask(LDMTask):
         seed = s.seed if seed is None else seed
         stories = read_split(root, split)[1][:num_stories or None]
         pipe = self.pipeline()
-        device = self.vae.device
-        neg_states, neg_pooled = self.detokenizer.encode(self.visual_tokenizer.empty_features(1))
         jobs = [(i, k) for i, story in enumerate(stories) for k in range(story.num_frames)]
         images = {}
         for start in range(0, len(jobs), s.batch_size):
             chunk = jobs[start:start + s.batch_size]
             frames = torch.stack([story_frame(root, stories[i], k, size) for i, k in chunk])
-            states, pooled = self.detokenizer.encode(self.visual_tokenizer(frames.to(device)))
-            n = len(chunk)
-            drawn = pipe(prompt_embeds=states, pooled_prompt_embeds=pooled,
-                         negative_prompt_embeds=neg_states.expand(n, -1, -1),
-                         negative_pooled_prompt_embeds=neg_pooled.expand(n, -1), height=size, width=size,
-                         num_inference_steps=s.num_inference_steps, guidance_scale=s.guidance_scale,
-                         generator=[frame_generator(seed, i, k, device) for i, k in chunk], output_type="pil").images
+            drawn = pipe.draw_features(list(pipe.features_of(frames)),
+                                       [frame_generator(seed, i, k, pipe.device) for i, k in chunk])
             images.update(zip(chunk, drawn))
         info = {"num_stories": len(stories), "caption_field": "captions", "seed": seed, "task": "detokenizer",
                 "num_inference_steps": s.num_inference_steps, "guidance_scale": s.guidance_scale,

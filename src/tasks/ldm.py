@@ -1,6 +1,7 @@
 """Baseline stage 1: text-conditioned Stable Diffusion fine-tuning of the UNet ("LDM" in StoryGPT-V's
 tables, docs/storygpt_v.md). VAE and text encoder stay frozen; each frame is one training sample with its
-caption.
+caption. It runs the `char_ldm` recipes with `model.character_conditioning: false` (src/tasks/__init__.py),
+and is the base class of Char-LDM.
 
 Shapes: B batch, C=3 RGB, H×W frame, c latent channels, h×w latent size, L=77 tokens, D text width.
   pixel_values [B,3,H,W] in [-1,1] -> latents [B,c,h,w] -> noisy_latents [B,c,h,w]
@@ -10,35 +11,23 @@ Shapes: B batch, C=3 RGB, H×W frame, c latent channels, h×w latent size, L=77 
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
 import torch
-import torch.nn.functional as F
 from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
 from transformers import CLIPTextModel, CLIPTokenizer
 
 from src.data.datasets import FrameDataset, collate_frames
-from src.pipelines.story_sampler import build_sd_pipeline, generate_stories, prompt_drawer
 from src.data.stories import read_split
+from src.models.char_conditioning import encode_captions
 from src.models.pretrained import load_pretrained
+from src.pipelines.diffusion import scheduler_config
+from src.pipelines.story_sampler import generate_stories
+from src.pipelines.storygptv import DrawSettings, StoryGPTVPipeline
 from src.tasks.base import Task
+from src.tasks.diffusion import DiffusionObjective, encode_latents
 from src.tasks.frozen_cache import data_digest, encode_frames, fingerprint, load_or_build, module_digest, sample_latents
-
-
-@dataclass
-class LDMModelConfig:
-    pretrained: str = "pretrained/stable-diffusion-v1-5"   # a diffusers Stable Diffusion folder
-    caption_dropout: float = 0.1          # empty caption with this probability (classifier-free guidance)
-    noise_offset: float = 0.0             # offset noise (0 disables)
-    snr_gamma: float = 0.0                # Min-SNR-gamma loss weighting (Hang et al. 2023); 0 disables
-    gradient_checkpointing: bool = False
-    channels_last: bool = False           # UNet weights and activations in channels-last (NHWC) memory format
-    # Compute the VAE posterior and the caption's text-encoder states of every training frame once and keep
-    # them on disk (src/tasks/frozen_cache.py); the latent is still drawn from the posterior at every step.
-    cache_latents: bool = False
-    cache_dir: Optional[str] = None       # None: <data.root>/.cache/latents; a subfolder per fingerprint
 
 
 def load_sd_components(path: str) -> dict:
@@ -53,14 +42,14 @@ def load_sd_components(path: str) -> dict:
 
 
 class LDMTask(Task):
-    ModelConfig = LDMModelConfig
-
     def __init__(self, cfg, components: Optional[dict] = None):
         """`components` (benchmarks) replaces loading from `model.pretrained`."""
         super().__init__(cfg)
         parts = components or load_sd_components(cfg.model.pretrained)
         self.unet, self.vae, self.text_encoder = parts["unet"], parts["vae"], parts["text_encoder"]
         self.tokenizer, self.noise_scheduler = parts["tokenizer"], parts["noise_scheduler"]
+        self.objective = DiffusionObjective(self.noise_scheduler, cfg.model.noise_offset, cfg.model.snr_gamma,
+                                            cfg.model.pretrained)
         self.vae.requires_grad_(False)
         self.text_encoder.requires_grad_(False)
         if cfg.model.gradient_checkpointing:
@@ -87,26 +76,10 @@ class LDMTask(Task):
 
     # ---- training ---------------------------------------------------------------------------------
     def encode_text(self, captions: list[str]) -> torch.Tensor:
-        ids = self.tokenizer(captions, padding="max_length", max_length=self.tokenizer.model_max_length,
-                             truncation=True, return_tensors="pt").input_ids
-        return self.text_encoder(ids.to(self.text_encoder.device))[0]
+        return encode_captions(self.tokenizer, self.text_encoder, captions)
 
-    @torch.no_grad()
     def encode_latents(self, pixel_values: torch.Tensor) -> torch.Tensor:
-        latents = self.vae.encode(pixel_values.to(self.vae.dtype)).latent_dist.sample()
-        return latents.float() * self.vae.config.scaling_factor  # fp32 even from a bf16 VAE: noise, target
-
-    def add_training_noise(self, latents: torch.Tensor):
-        """(noise, timesteps, noisy_latents) for one training step (offset noise when configured)."""
-        # randn of the shape, not randn_like: a CPU VAE can return channels-last latents, and randn_like then
-        # draws another stream than for the contiguous latents of the cache (model.cache_latents)
-        noise = torch.randn(latents.shape, device=latents.device, dtype=latents.dtype)
-        if self.cfg.model.noise_offset:
-            noise += self.cfg.model.noise_offset * torch.randn(latents.shape[0], latents.shape[1], 1, 1,
-                                                               device=latents.device)
-        timesteps = torch.randint(0, self.noise_scheduler.config.num_train_timesteps, (latents.shape[0],),
-                                  device=latents.device)
-        return noise, timesteps, self.noise_scheduler.add_noise(latents, noise, timesteps)
+        return encode_latents(self.vae, pixel_values)
 
     # ---- frozen outputs, cached or not -------------------------------------------------------------
     def cache_folder(self) -> Path:
@@ -152,11 +125,10 @@ class LDMTask(Task):
         encoder_hidden_states = torch.where(drop[:, None, None].to(text_states.device),
                                             null_states.expand_as(text_states), text_states)
 
-        noise, timesteps, noisy_latents = self.add_training_noise(latents)
+        noise, timesteps, noisy_latents = self.objective.add_noise(latents)
         model_pred = self.denoise(noisy_latents, timesteps, encoder_hidden_states)
-        target = self.diffusion_target(latents, noise, timesteps)
-        loss = self.diffusion_loss(model_pred, target, timesteps)
-        return {"loss": loss}
+        target = self.objective.target(latents, noise, timesteps)
+        return {"loss": self.objective.loss(model_pred, target, timesteps)}
 
     def denoise(self, noisy_latents, timesteps, encoder_hidden_states):
         """The UNet's prediction. Inputs go in the UNet's own dtype: under autocast that is fp32 (a no-op), under
@@ -164,40 +136,24 @@ class LDMTask(Task):
         dtype = self.unet.dtype
         return self.unet(noisy_latents.to(dtype), timesteps, encoder_hidden_states.to(dtype)).sample
 
-    def diffusion_target(self, latents, noise, timesteps):
-        kind = self.noise_scheduler.config.prediction_type
-        if kind == "epsilon":
-            return noise
-        if kind == "v_prediction":
-            return self.noise_scheduler.get_velocity(latents, noise, timesteps)
-        raise ValueError(f"{self.cfg.model.pretrained}/scheduler: prediction_type '{kind}' is not supported")
+    # ---- sampling (src/pipelines/storygptv.py) ------------------------------------------------------
+    def pipeline(self, settings: Optional[DrawSettings] = None, **parts) -> StoryGPTVPipeline:
+        """The drawing pipeline over this task's models (the plain LDM; Char-LDM adds its character parts;
+        stage 2 adds `stage2=` and `first_frame=`). `settings`: default the run's sample section."""
+        settings = settings or DrawSettings.from_config(self.cfg.sample, self.start_merge_step())
+        return StoryGPTVPipeline(self.unet, self.vae, self.text_encoder, self.tokenizer,
+                                 scheduler_config(self.cfg.model.pretrained), self.cfg.data.image_size, settings,
+                                 **{**self.character_parts(), **parts})
 
-    def diffusion_loss(self, model_pred, target, timesteps):
-        if not self.cfg.model.snr_gamma:
-            return F.mse_loss(model_pred.float(), target.float())
-        # Min-SNR weighting: w = min(SNR, gamma) / SNR (for v-prediction / (SNR + 1)).
-        alphas = self.noise_scheduler.alphas_cumprod.to(timesteps.device)[timesteps]
-        snr = alphas / (1 - alphas)
-        weight = torch.clamp(snr, max=self.cfg.model.snr_gamma) / snr
-        if self.noise_scheduler.config.prediction_type == "v_prediction":
-            weight = weight * snr / (snr + 1)
-        per_sample = F.mse_loss(model_pred.float(), target.float(), reduction="none").mean(dim=(1, 2, 3))
-        return (per_sample * weight).mean()
+    def start_merge_step(self) -> int:
+        return 0  # the plain LDM has no fused conditioning to switch to
 
-    # ---- sampling ---------------------------------------------------------------------------------
-    def pipeline(self):
-        return build_sd_pipeline(self.unet, self.vae, self.text_encoder, self.tokenizer,
-                                 self.cfg.model.pretrained, self.cfg.sample.scheduler)
+    def character_parts(self) -> dict:
+        return {}
 
     def generation_meta(self) -> dict:
         """Task facts recorded in the samples' generation.json."""
         return {"task": "ldm"}
-
-    def drawer(self, pipe):
-        """How one batch of captions becomes images (generate_stories' `draw`)."""
-        s = self.cfg.sample
-        return prompt_drawer(pipe, s.num_inference_steps, s.guidance_scale, self.cfg.data.image_size,
-                             s.guidance_rescale)
 
     @torch.no_grad()
     def sample(self, out_dir: Path, split: str, num_stories: Optional[int] = None, seed: Optional[int] = None,
@@ -218,8 +174,8 @@ class LDMTask(Task):
         s = self.cfg.sample
         pipe = self.pipeline()
         return generate_stories(
-            self.drawer(pipe), stories, out_dir, caption_field=self.cfg.data.caption_field, device=pipe.device,
-            seed=s.seed if seed is None else seed, num_inference_steps=s.num_inference_steps,
+            pipe.frame_drawer(pipe.reference_embeddings()), stories, out_dir, caption_field=self.cfg.data.caption_field,
+            device=pipe.device, seed=s.seed if seed is None else seed, num_inference_steps=s.num_inference_steps,
             guidance_scale=s.guidance_scale, batch_size=s.batch_size, image_size=self.cfg.data.image_size,
             meta={"dataset_root": str(self.cfg.data.root), "split": split, "scheduler": s.scheduler,
                   "guidance_rescale": s.guidance_rescale,

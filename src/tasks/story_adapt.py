@@ -32,35 +32,24 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
 import torch
 from torch.utils.data import Dataset
 
+from src import runs
 from src.data.stories import read_split
 from src.data.transforms import story_frame
+from src.pipelines.diffusion import scheduler_config
+from src.pipelines.seed_story import DetokenizerSettings, SeedStoryPipeline
 from src.tasks.base import Task
-from src.tasks.detokenizer import sdxl_pipeline, stored_frame_time_ids
+from src.tasks.detokenizer import stored_frame_time_ids
 from src.tasks.story_sft import check_two_beats
+from src.tasks.validation import Means, val_batches
 
 TRAINABLE = {"resampler_kv": "to_kv", "full_unet": "full"}  # -> Detokenizer.set_trainable's UNet modes
 UPSTREAM_FILE = "upstream.json"
-
-
-@dataclass
-class StoryAdaptModelConfig:
-    # The story_sft run (stage 2) whose regressed features condition the de-tokenizer: a run folder (its
-    # latest checkpoint), one of its checkpoints/step_N folders or its best/ folder.
-    sft_run: str = "outputs/story_sft/storystream_george/default"
-    # The detokenizer run (stage 1) to adapt, in the same forms; null: the SFT run's model.detokenizer_run.
-    detokenizer_run: Optional[str] = None
-    upstream_weights: str = "auto"        # auto (a run's EMA weights when it kept them) | ema | trained
-    trainable: str = "resampler_kv"       # resampler_kv (released) | full_unet (paper)
-    uncond_prob: float = 0.1              # features replaced by the empty image's (classifier-free guidance)
-    gradient_checkpointing: bool = False  # the UNet's (the release: on)
-    val_items: int = 64                   # validation: the first N (story, beat) items of val, fixed noise
 
 
 class AdaptItems(Dataset):
@@ -88,49 +77,42 @@ class AdaptItems(Dataset):
                 "time_ids": stored_frame_time_ids(self.root, story, b, self.image_size), "index": i}
 
 
-def file_stamp(path: Path) -> dict:
-    stat = Path(path).stat()
-    return {"file": str(Path(path).resolve()), "bytes": stat.st_size, "mtime_ns": stat.st_mtime_ns}
-
-
 class StoryAdaptTask(Task):
-    ModelConfig = StoryAdaptModelConfig
+    upstream_keys = ("sft_run", "detokenizer_run")  # model keys naming runs this task rebuilds (src/assets.py prepares theirs)
     model_choices = {"trainable": tuple(TRAINABLE), "upstream_weights": ("auto", "ema", "trained")}
     best_metric = "val/loss"  # validate(): the diffusion loss on val items with fixed noise
 
     def __init__(self, cfg):
-        from src.tasks.from_checkpoint import check_same_tokenizer, load_task_from_checkpoint, open_run
-
         super().__init__(cfg)
         m = cfg.model
-        _, sft_ckpt, sft_cfg = open_run(m.sft_run, ("story_sft",), "key 'model.sft_run'")
+        _, sft_ckpt, sft_cfg = runs.open_run(m.sft_run, ("story_sft",), "key 'model.sft_run'")
         detok_spec, where = m.detokenizer_run, "key 'model.detokenizer_run'"
         if detok_spec is None:
             detok_spec, where = sft_cfg.model.detokenizer_run, f"{m.sft_run}: key 'model.detokenizer_run'"
             if detok_spec is None:
                 raise ValueError(f"key 'model.detokenizer_run': not set, and the SFT run's config ({m.sft_run}) "
                                  f"names no de-tokenizer either; set model.detokenizer_run to a detokenizer run")
-        _, detok_ckpt, detok_cfg = open_run(detok_spec, ("detokenizer",), where)
-        check_same_tokenizer(sft_cfg, detok_cfg, f"model.sft_run ({m.sft_run})", f"the de-tokenizer run ({detok_spec})")
+        _, detok_ckpt, detok_cfg = runs.open_run(detok_spec, ("detokenizer",), where)
+        runs.check_same_tokenizer(sft_cfg, detok_cfg, f"model.sft_run ({m.sft_run})", f"the de-tokenizer run ({detok_spec})")
         if detok_cfg.data.image_size != cfg.data.image_size:
             raise ValueError(f"key 'data.image_size': {cfg.data.image_size}, but the de-tokenizer run ({detok_spec}) "
                              f"was trained at {detok_cfg.data.image_size}")
         # The SFT run's init_weights (e.g. the converted SEED-X agent) are all replaced by its checkpoint.
-        self.sft, _, sft_file = load_task_from_checkpoint(sft_ckpt, m.upstream_weights, ["model.init_weights=null"])
-        self.detok, _, detok_file = load_task_from_checkpoint(detok_ckpt, m.upstream_weights)
+        self.sft, _, sft_file = runs.load_task(sft_ckpt, m.upstream_weights, ["model.init_weights=null"])
+        self.detok, _, detok_file = runs.load_task(detok_ckpt, m.upstream_weights)
         self.detok.visual_tokenizer = self.sft.visual_tokenizer  # the same tokenizer (checked): keep one copy
         self.sft.requires_grad_(False)
         self.detok.requires_grad_(False)
         self.detok.detokenizer.set_trainable(TRAINABLE[m.trainable])
         unet = self.detok.detokenizer.unet
         unet.enable_gradient_checkpointing() if m.gradient_checkpointing else unet.disable_gradient_checkpointing()
-        self.upstream = {"sft_run": {"given": m.sft_run, "checkpoint": str(sft_ckpt.resolve()), **file_stamp(sft_file)},
+        self.upstream = {"sft_run": {"given": m.sft_run, "checkpoint": str(sft_ckpt.resolve()), **runs.file_stamp(sft_file)},
                          "detokenizer_run": {"given": detok_spec, "checkpoint": str(detok_ckpt.resolve()),
-                                             **file_stamp(detok_file)}}
+                                             **runs.file_stamp(detok_file)}}
         self.check_upstream()
         self.train()
 
-    # ---- what the drawing code reads (src/pipelines/seed_story.py: draw_features) ------------------
+    # ---- the adapted de-tokenizer and what draws with it ----------------------------------------------
     @property
     def detokenizer(self):
         return self.detok.detokenizer
@@ -143,8 +125,12 @@ class StoryAdaptTask(Task):
     def visual_tokenizer(self):
         return self.sft.visual_tokenizer
 
-    def pipeline(self):
-        return sdxl_pipeline(self.vae, self.detokenizer.unet, self.detok.cfg.model.pretrained, self.cfg.sample.scheduler)
+    def pipeline(self, **parts) -> SeedStoryPipeline:
+        """The adapted de-tokenizer's drawing pipeline, with this stage's sample settings (`mllm=`,
+        `special=`: an MLLM to write with; the one it was adapted to is `self.sft`)."""
+        return SeedStoryPipeline(self.detokenizer, self.vae, self.visual_tokenizer,
+                                 scheduler_config(self.detok.cfg.model.pretrained), self.cfg.data.image_size,
+                                 DetokenizerSettings.from_config(self.cfg.sample), **parts)
 
     def train(self, mode: bool = True):
         """The frozen MLLM and VAE stay in eval mode (LoRA dropout off: the features are the MLLM's own)."""
@@ -155,13 +141,10 @@ class StoryAdaptTask(Task):
 
     # ---- the upstream runs a run was trained from ----------------------------------------------------
     def upstream_path(self) -> Path:
-        c = self.cfg
-        return Path(c.output_root) / c.stage / c.data.name / c.run_name / UPSTREAM_FILE
+        return runs.run_dir_of(self.cfg) / UPSTREAM_FILE
 
     def has_checkpoints(self) -> bool:
-        from src.engine.checkpoint import list_checkpoints
-
-        return bool(list_checkpoints(self.upstream_path().parent / "checkpoints"))
+        return bool(runs.list_checkpoints(self.upstream_path().parent / "checkpoints"))
 
     def check_upstream(self) -> None:
         """A run that recorded its upstream checkpoints (its first training session) and saved weights is
@@ -214,10 +197,10 @@ class StoryAdaptTask(Task):
         features, cut = self.regressed_features(batch)
         latents = self.detok.encode_latents(batch["target_pixels"])
         features = self.detok.drop_condition(features, uncond_prob)
-        noise, timesteps, noisy = self.detok.add_training_noise(latents)
+        noise, timesteps, noisy = self.detok.objective.add_noise(latents)
         model_pred = self.detokenizer(noisy, timesteps, features, batch["time_ids"])
-        target = self.detok.diffusion_target(latents, noise, timesteps)
-        return self.detok.diffusion_loss(model_pred, target, timesteps), cut
+        target = self.detok.objective.target(latents, noise, timesteps)
+        return self.detok.objective.loss(model_pred, target, timesteps), cut
 
     def training_step(self, batch: dict) -> dict:
         loss, cut = self.diffusion_losses(batch, self.cfg.model.uncond_prob)
@@ -226,20 +209,14 @@ class StoryAdaptTask(Task):
     @torch.no_grad()
     def validate(self) -> dict:
         """The diffusion loss on the first model.val_items val items, with the same noise every time (the
-        engine runs this in a forked RNG)."""
-        data = self.dataset("val")
-        count = min(self.cfg.model.val_items or len(data), len(data))
-        step = max(1, self.cfg.train.batch_size)
-        device = self.detok.vae.device
+        engine runs this in a forked RNG); the mean over items."""
+        means = Means()
         torch.manual_seed(0)
-        total, seen = 0.0, 0
-        for start in range(0, count, step):
-            items = [data[i] for i in range(start, min(start + step, count))]
-            batch = {k: v.to(device) if torch.is_tensor(v) else v for k, v in self.collate(items).items()}
+        for batch in val_batches(self.dataset("val"), self.cfg.model.val_items, self.cfg.train.batch_size,
+                                 self.collate, self.detok.vae.device):
             loss, _ = self.diffusion_losses(batch, 0.0)
-            total += float(loss) * len(items)
-            seen += len(items)
-        return {"val/loss": total / max(seen, 1)}
+            means.add("val/loss", loss, len(batch["index"]))
+        return means.means()
 
     # ---- sampling -----------------------------------------------------------------------------------
     @torch.no_grad()
@@ -255,6 +232,7 @@ class StoryAdaptTask(Task):
         seed = self.cfg.sample.seed if seed is None else seed
         meta = {"detokenizer": "story_adapt", "upstream": self.upstream, "dataset_root": str(root), "split": split,
                 **(extra_meta or {})}
-        return generate_seed_stories(self.sft, self, stories, root, out_dir, "vis",
+        pipe = self.pipeline(mllm=self.sft.mllm, special=self.sft.special)
+        return generate_seed_stories(pipe, stories, root, out_dir, "vis",
                                      max(story.num_frames for story in stories), "dense", SinkSettings(),
                                      DecodeSettings(seed=seed), meta)

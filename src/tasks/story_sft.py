@@ -19,9 +19,7 @@ Shapes: B batch, F beats, S tokenizer input size, L sequence, K image tokens, Q 
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import List, Optional
 
 import torch
 import torch.nn.functional as F
@@ -33,46 +31,9 @@ from src.models.llm_with_image_tokens import EMBEDDINGS, LLMWithImageTokens
 from src.models.pretrained import is_config_only
 from src.models.story_mllm import REGRESSION_LOSSES, StoryMLLM, regression_loss, seed_token_names
 from src.models.visual_tokenizer import build_visual_tokenizer
-from src.tasks.align import LoraSettings
 from src.tasks.base import Task
-
-
-def released_lora() -> LoraSettings:
-    """SEED-Story's LoRA (docs/seed_story.md): r 16, alpha 32, dropout 0.05 on every projection; norms saved."""
-    return LoraSettings(r=16, lora_alpha=32, lora_dropout=0.05,
-                        target_modules=["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
-                        modules_to_save=["input_layernorm", "post_attention_layernorm", "norm"])
-
-
-@dataclass
-class StorySFTModelConfig:
-    llm: str = "pretrained/Llama-2-7b-hf"     # a Hugging Face causal-LM folder with its tokenizer
-    llm_dtype: str = "bfloat16"               # the LLM's stored weights (trained ones stay fp32 masters)
-    llm_mode: str = "lora"                    # lora (released) | full | frozen
-    lora: LoraSettings = field(default_factory=released_lora)
-    embeddings: str = "full"                  # full (released: embed_tokens + lm_head train) | new_rows
-    # A checkpoint of this task's trainable weights (a trainable.safetensors, by name) to start from, e.g.
-    # the SEED-X-pretrained agent once converted; loaded strictly.
-    init_weights: Optional[str] = None
-    num_image_tokens: int = 64                # K: <img_00000>.. per image (a square: 8x8 input queries)
-    tokenizer: str = "qwen_vit"               # the frozen visual tokenizer (src/models/visual_tokenizer.py)
-    tokenizer_path: str = "pretrained/qwen_vit_G.safetensors"
-    tokenizer_arch: Optional[str] = None
-    input_resampler_heads: int = 32
-    output_resampler_heads: int = 32
-    separator: str = "[INST]"                 # the literal text between beats (released)
-    supervision: str = "every"                # every (one causal pass, every beat) | last (released)
-    context_beats: str = "random"             # random (n ~ U{0..F-2}, released) | all
-    max_length: int = 1280                    # tokens; longer samples are cut by whole beats from the front
-    ce_weight: float = 1.0
-    regression_weight: float = 1.0
-    regression_loss: str = "cosine"           # cosine (released) | mse (SEED-X 13B)
-    gradient_checkpointing: bool = False
-    val_stories: int = 0                      # validation: the first N val stories (0: all)
-    # The detokenizer run (stage 1) that draws this MLLM's regressed features. Stage 2 does not read it;
-    # stage 3 (story_adapt) starts from it and generation draws with it unless told otherwise.
-    detokenizer_run: Optional[str] = None
-
+from src.tasks.model_configs import lora_kwargs
+from src.tasks.validation import Means, val_batches
 
 SELECTION_MASKS = ("cmp_mask", "gen_mask", "targets")  # the sequence tensors that select positions
 CHOICES = {"llm_mode": ("frozen", "lora", "full"), "embeddings": EMBEDDINGS, "supervision": SUPERVISION,
@@ -90,7 +51,6 @@ def check_two_beats(jsonl: Path, stories: list) -> None:
 
 
 class StorySFTTask(Task):
-    ModelConfig = StorySFTModelConfig
     model_choices = CHOICES
     best_metric = "val/loss"
     draws_samples = False  # stage 2 draws no frames (story generation is the inference entry's job)
@@ -100,10 +60,7 @@ class StorySFTTask(Task):
         m = cfg.model
         self.visual_tokenizer = build_visual_tokenizer(m.tokenizer, m.tokenizer_path, m.tokenizer_arch)
         probe = self.visual_tokenizer.empty_features(1)
-        lora = dict(r=m.lora.r, lora_alpha=m.lora.lora_alpha, lora_dropout=m.lora.lora_dropout,
-                    target_modules=list(m.lora.target_modules),
-                    modules_to_save=list(m.lora.modules_to_save) if m.lora.modules_to_save else None)
-        llm = LLMWithImageTokens.from_pretrained(m.llm, mode=m.llm_mode, dtype=m.llm_dtype, lora=lora,
+        llm = LLMWithImageTokens.from_pretrained(m.llm, mode=m.llm_mode, dtype=m.llm_dtype, lora=lora_kwargs(m.lora),
                                                  token_names=seed_token_names(m.num_image_tokens),
                                                  embeddings=m.embeddings)
         self.mllm = StoryMLLM(llm, m.num_image_tokens, probe.shape[1], probe.shape[2], m.input_resampler_heads,
@@ -226,18 +183,14 @@ class StorySFTTask(Task):
     @torch.no_grad()
     def validate(self) -> dict:
         """Teacher-forced CE and regression on val stories, every beat of each whole story (the every-beat
-        pass equals the union of the release's samples, so it scores either supervision mode)."""
-        data = self.dataset("val")
-        count = min(self.cfg.model.val_stories or len(data), len(data))
-        device = self.mllm.input_resampler.query.device
-        totals, batches = {}, 0
-        step = max(1, self.cfg.train.batch_size)
-        for start in range(0, count, step):
-            batch = self.collate([data[i] for i in range(start, min(start + step, count))])
-            batch["pixel_values"] = batch["pixel_values"].to(device)
+        pass equals the union of the release's samples, so it scores either supervision mode); the mean
+        of the batches' losses."""
+        means = Means()
+        kept = ("loss", "ce", self.cfg.model.regression_loss)
+        for batch in val_batches(self.dataset("val"), self.cfg.model.val_stories, self.cfg.train.batch_size,
+                                 self.collate, self.mllm.input_resampler.query.device):
             seqs, _ = self.sequences(batch, [f - 1 for f in batch["num_beats"]], "every")
             for key, value in self.losses(batch, seqs).items():
-                if key in ("loss", "ce", self.cfg.model.regression_loss):
-                    totals[key] = totals.get(key, 0.0) + float(value)
-            batches += 1
-        return {f"val/{k}": v / max(batches, 1) for k, v in totals.items()}
+                if key in kept:
+                    means.add(f"val/{key}", value)
+        return means.means()

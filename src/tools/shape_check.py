@@ -1,7 +1,7 @@
 """Real-scale shape check: build a recipe's models from config files alone and run one training step on
 the meta device (docs/shape_check.md).
 
-    python -m src.tools.shape_check --config configs/ldm/flintstones.yaml \\
+    python -m src.tools.shape_check --config configs/char_ldm/flintstones.yaml \\
         model.pretrained=tests/assets/config_only/stable-diffusion-v1-5 \\
         model.image_encoder=tests/assets/config_only/clip-vit-large-patch14 [--json]
     python -m src.tools.shape_check --model causal_lm tests/assets/config_only/opt-6.7b [--model ...] [--json]
@@ -232,7 +232,7 @@ def run(config: str | None, overrides: list[str], models: list[tuple[str, str]])
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--config", help="a recipe, e.g. configs/ldm/flintstones.yaml")
+    parser.add_argument("--config", help="a recipe, e.g. configs/char_ldm/flintstones.yaml")
     parser.add_argument("--model", nargs=2, action="append", default=[], metavar=("KIND", "PATH"),
                         help=f"one pretrained folder alone; KIND is one of {', '.join(sorted(KINDS))}")
     parser.add_argument("--json", action="store_true", help="print the report as one JSON object")

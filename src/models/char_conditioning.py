@@ -1,0 +1,62 @@
+"""Char-LDM's conditioning of a caption (StoryGPT-V §3.1): the frozen text encoder's states, and the same
+states with every name token fused with its character's image embedding (src/models/fuse.py). Training
+(src/tasks/char_ldm.py), drawing (src/pipelines/storygptv.py) and the stage-2 targets
+(src/tools/align_targets.py) all condition through these functions.
+
+Shapes: B captions, L=77 tokens, D text width (= image projection width), M character slots.
+  captions -> text_states [B,L,D];  token_char [B,L] (slot of the character a token names, -1 none)
+  text_states, char_embeds [B,M,D], token_char -> fused [B,L,D]
+"""
+from __future__ import annotations
+
+import torch
+
+from src.models.name_tokens import name_token_positions
+
+
+def encode_captions(tokenizer, text_encoder, captions: list[str]) -> torch.Tensor:
+    """Captions -> the text encoder's last hidden states [B,L,D], padded to the tokenizer's max length
+    (as diffusers' StableDiffusionPipeline.encode_prompt does for SD 1.5)."""
+    ids = tokenizer(captions, padding="max_length", max_length=tokenizer.model_max_length, truncation=True,
+                    return_tensors="pt").input_ids
+    return text_encoder(ids.to(text_encoder.device))[0]
+
+
+def find_names(tokenizer, caption: str, patterns) -> list[tuple[str, list[int]]]:
+    """[(character name, token positions)] in caption order (src/models/name_tokens.py)."""
+    return name_token_positions(tokenizer, caption, patterns, tokenizer.model_max_length)
+
+
+def token_slots(found: list, slot_of: dict, length: int, max_characters: int) -> torch.Tensor:
+    """[L] long: the slot (slot_of[name]) each token of `find_names`' names gets, -1 elsewhere; names
+    without a slot, or with a slot past `max_characters`, stay unfused."""
+    token_char = torch.full((length,), -1, dtype=torch.long)
+    for name, positions in found:
+        slot = slot_of.get(name)
+        if slot is not None and slot < max_characters:
+            token_char[positions] = slot
+    return token_char
+
+
+def fuse_captions(tokenizer, fuse, text_states: torch.Tensor, captions: list[str], patterns, ref_embeds: dict,
+                  max_characters: int, where: str = "", hint: str = "") -> tuple[torch.Tensor, list[list[str]]]:
+    """(fused states [B,L,D], the names fused in each caption). Slots follow the order of first mention;
+    a named character without a reference embedding is an error naming it (`where`: the source at fault,
+    `hint`: how to fix it)."""
+    token_char, embeds, fused_names = [], [], []
+    for caption in captions:
+        found = find_names(tokenizer, caption, patterns)
+        order = list(dict.fromkeys(name for name, _ in found))[:max_characters]
+        missing = [n for n in order if n not in ref_embeds]
+        if missing:
+            raise ValueError(f"{where}no reference image for {missing}, named in the caption {caption!r}{hint}")
+        token_char.append(token_slots(found, {n: j for j, n in enumerate(order)}, tokenizer.model_max_length,
+                                      max_characters))
+        embeds.append([ref_embeds[n] for n in order])
+        fused_names.append(order)
+    slots = max(1, max(len(e) for e in embeds))
+    char_embeds = text_states.new_zeros(len(captions), slots, text_states.shape[-1])
+    for b, row in enumerate(embeds):
+        for j, embed in enumerate(row):
+            char_embeds[b, j] = embed
+    return fuse(text_states, char_embeds, torch.stack(token_char).to(text_states.device)), fused_names
