@@ -18,7 +18,10 @@ a re-encoding of the drawn frame).
   (sampled: temperature and top-p, or greedy at temperature 0) until it emits `<img>`, then its image.
   After `</img>` the model chooses between the separator `[INST]` (then fed whole) and `</s>` (the
   story ends); image tokens, `</img>` and `</s>` are banned inside a beat's text, and `<img>` is forced
-  after `max_text_tokens` (counted per story in generation.json).
+  after `max_text_tokens` (counted per story in generation.json). Decode policy "released" decodes as
+  the release instead (greedy over the whole vocabulary, image tokens and `</img>` at logit 0.0).
+- Text pieces are tokenized where they sit, as the release tokenizes its whole prompt string: the first
+  caption at the start, later ones right after `</img>` (LLMWithImageTokens.text_ids_in_context).
 - vis mode: the given captions are the text (teacher-forced), the MLLM draws their frames.
 Frame 0 is in both modes the de-tokenizer's drawing of the given first frame's tokenizer features.
 
@@ -34,8 +37,14 @@ from typing import Optional
 import torch
 
 from src.models.story_cache import SinkSettings, StoryKVCache, rope_inv_freq
+from src.models.story_mllm import BOI, EOI
 
 GEN_MODES = ("story", "vis")
+# How a beat's text is decoded in story mode: "constrained" (ours: after </img> only the separator or </s>,
+# image tokens and </s> banned inside a beat's text, temperature / top-p sampling) or "released" (the
+# release's ContinuousLVLM.generate: greedy over the whole vocabulary, the image tokens and </img> given
+# logit 0.0 outside an image by generation.py:AutoImageTokenGenerationProcessor; docs/fidelity.md).
+DECODE_POLICIES = ("constrained", "released")
 # The release's dense context, for reference timings (bench/story_context.py): before every beat the
 # whole story so far is fed again, in one forward, into an empty cache (the release calls generate with
 # past_key_values=None each beat, docs/seed_story.md). Same attention as `dense`, O(story) work per beat.
@@ -48,6 +57,7 @@ class DecodeSettings:
     top_p: float = 0.5
     max_text_tokens: int = 64     # per beat; reached without <img>, <img> is forced (counted in the stats)
     seed: int = 0
+    policy: str = "constrained"   # constrained | released (DECODE_POLICIES)
 
 
 @dataclass
@@ -74,8 +84,11 @@ def pick_token(logits: torch.Tensor, decode: DecodeSettings, generator: Optional
 class StoryWriter:
     """The MLLM side of generation: `mllm` a StoryMLLM, `special` its SpecialIds (story_sft's)."""
 
-    def __init__(self, mllm, special, context: str, sink: SinkSettings, decode: DecodeSettings):
-        self.mllm, self.special, self.decode = mllm, special, decode
+    def __init__(self, mllm, special, context: str, sink: SinkSettings, decode: DecodeSettings,
+                 separator: str = "[INST]"):
+        if decode.policy not in DECODE_POLICIES:
+            raise ValueError(f"decode policy '{decode.policy}' is not one of {', '.join(DECODE_POLICIES)}")
+        self.mllm, self.special, self.decode, self.separator = mllm, special, decode, separator
         self.refill = context == REFILL
         self.context, self.sink = ("dense" if self.refill else context), sink
         self.llm = mllm.llm
@@ -143,7 +156,7 @@ class StoryWriter:
         s = self.special
         self.cache = StoryKVCache(self.context, self.sink, self.inv_freq)
         self.fed = []
-        text = ([s.bos] if s.bos is not None else []) + self.llm.text_ids(caption)
+        text = ([s.bos] if s.bos is not None else []) + self.llm.text_ids_in_context(caption, after=BOI)
         block = torch.cat([self._embed(text + [s.boi]), self._input_block(features), self._embed([s.eoi])])
         self._feed(block, 0, ["text"] * len(text) + ["boi"] + ["img"] * len(s.img) + ["eoi"])
         return Beat(caption, features, text)
@@ -172,6 +185,30 @@ class StoryWriter:
             self._feed(self._embed([token]), beat, ["text"])
         return ids, "max_text_tokens"
 
+    def next_text_released(self, beat: int) -> tuple[Optional[list[int]], str]:
+        """The release's decoding of a beat (models_clm/models.py:ContinuousLVLM.generate, do_sample=False):
+        greedy over the whole vocabulary, where outside an image the image tokens and `</img>` get logit
+        0.0, not -inf (generation.py:AutoImageTokenGenerationProcessor); `<img>` starts the image (its
+        forced chain is _image's). `</s>` ends the story, as an image-less output ends the release's
+        loop; so does an image token or `</img>` winning at 0.0 outside an image (the release would then
+        force an image without `<img>`). At max_text_tokens `<img>` is forced (the release goes on to
+        500 new tokens)."""
+        s = self.special
+        ids: list[int] = []
+        while len(ids) < self.decode.max_text_tokens:
+            logits = self.llm.logits_at(self.last_hidden[None])[0].clone()
+            logits[self.banned] = 0.0
+            token = int(logits.argmax())
+            if token == s.boi:
+                return ids, ""
+            if token == s.eos:
+                return None, "</s>"
+            if token in self.banned.tolist():
+                return None, "image token outside an image"
+            ids.append(token)
+            self._feed(self._embed([token]), beat, ["text"])
+        return ids, "max_text_tokens"
+
     @torch.no_grad()
     def write(self, caption: str, features: torch.Tensor, beats: int,
               captions: Optional[list[str]] = None) -> tuple[list[Beat], dict]:
@@ -188,11 +225,14 @@ class StoryWriter:
                 self._refill()
             evicted += self.cache.evict_if_full()
             if captions is not None:
-                prefix = list(self.special.separator) + self.llm.text_ids(captions[beat])
+                prefix = self.llm.text_ids_in_context(self.separator + captions[beat], before=EOI, after=BOI)
                 regressed = self._image(prefix, beat)
                 out.append(Beat(captions[beat], regressed, prefix))
             else:
-                ids, why = self.next_text(beat, generator)
+                if self.decode.policy == "released":
+                    ids, why = self.next_text_released(beat)
+                else:
+                    ids, why = self.next_text(beat, generator)
                 if ids is None:
                     stop = why
                     break
@@ -220,9 +260,11 @@ class StoryWriter:
 # ---- drawing ----------------------------------------------------------------------------------------
 
 @torch.no_grad()
-def draw_features(detok_task, features: list[torch.Tensor], generators: list[torch.Generator]) -> list:
+def draw_features(detok_task, features: list[torch.Tensor], generators: list[torch.Generator],
+                  output_type: str = "pil") -> list:
     """Feature maps [Q,E] -> PIL frames through the de-tokenizer task's pipeline (CFG against the empty
-    image's features, the task's sample settings)."""
+    image's features, the task's sample settings); output_type "latent" / "np": the pipeline's final
+    latents / float images instead."""
     s, size = detok_task.cfg.sample, detok_task.cfg.data.image_size
     pipe = detok_task.pipeline()
     device = detok_task.vae.device
@@ -232,11 +274,11 @@ def draw_features(detok_task, features: list[torch.Tensor], generators: list[tor
         chunk = torch.stack(features[start:start + s.batch_size]).to(device)
         states, pooled = detok_task.detokenizer.encode(chunk)
         n = chunk.shape[0]
-        images += pipe(prompt_embeds=states, pooled_prompt_embeds=pooled,
+        images.extend(pipe(prompt_embeds=states, pooled_prompt_embeds=pooled,
                        negative_prompt_embeds=neg_states.expand(n, -1, -1),
                        negative_pooled_prompt_embeds=neg_pooled.expand(n, -1), height=size, width=size,
                        num_inference_steps=s.num_inference_steps, guidance_scale=s.guidance_scale,
-                       generator=generators[start:start + n], output_type="pil").images
+                       generator=generators[start:start + n], output_type=output_type).images)
     return images
 
 
@@ -254,18 +296,19 @@ def generate_seed_stories(mllm_task, detok_task, stories, root, out_dir, mode: s
 
     from src.data.stories import Story
     from src.data.transforms import story_frame
+    from src.models.visual_tokenizer import INPUT_RESAMPLE
     from src.pipelines.story_sampler import frame_generator, write_stories
 
     if mode not in GEN_MODES:
         raise ValueError(f"generation mode '{mode}' is not one of {', '.join(GEN_MODES)}")
     if beats < 1:
         raise ValueError(f"--beats must be at least 1, got {beats}")
-    writer = StoryWriter(mllm_task.mllm, mllm_task.special, context, sink, decode)
+    writer = StoryWriter(mllm_task.mllm, mllm_task.special, context, sink, decode, mllm_task.cfg.model.separator)
     tokenizer = mllm_task.visual_tokenizer
     images, written, per_story = {}, [], []
     draw_seconds = 0.0
     for i, story in enumerate(tqdm(stories, desc="writing stories", disable=not progress, dynamic_ncols=True)):
-        frame = story_frame(root, story, 0, tokenizer.image_size)
+        frame = story_frame(root, story, 0, tokenizer.image_size, INPUT_RESAMPLE)
         features = tokenizer(frame[None].to(writer.device))[0]
         count = min(beats, story.num_frames) if mode == "vis" else beats
         result, stats = writer.write(story.captions[0], features, count,
