@@ -40,12 +40,20 @@ import torch
 from torch.utils.data import Dataset
 
 from src.data.stories import read_split
-from src.data.transforms import story_frame
+from src.data.transforms import image_size, story_file, story_frame
+from src.models.detokenizer import released_time_ids
+from src.models.visual_tokenizer import INPUT_RESAMPLE
 from src.tasks.base import Task
 from src.tasks.detokenizer import sdxl_pipeline, stored_frame_time_ids
 from src.tasks.story_sft import check_two_beats
 
 TRAINABLE = {"resampler_kv": "to_kv", "full_unet": "full"}  # -> Detokenizer.set_trainable's UNet modes
+# How an item's frames are made from the stored ones. squash (ours): every frame resized whole to the
+# square, the target's time ids (h, w, 0, 0, S, S), as stage 2 and generation read frames. released
+# (train_sdxl_img2img_llm.py): Resize + CenterCrop of the tokenizer frames (qwen_448_transform_keep_ratio)
+# and of the target (sd_transform_1024, bicubic), with the release's time ids (crop offsets swapped:
+# src/models/detokenizer.py:released_time_ids). Equal for square frames.
+FRAMES = ("squash", "released")
 UPSTREAM_FILE = "upstream.json"
 
 
@@ -58,7 +66,11 @@ class StoryAdaptModelConfig:
     detokenizer_run: Optional[str] = None
     upstream_weights: str = "auto"        # auto (a run's EMA weights when it kept them) | ema | trained
     trainable: str = "resampler_kv"       # resampler_kv (released) | full_unet (paper)
-    uncond_prob: float = 0.1              # features replaced by the empty image's (classifier-free guidance)
+    frames: str = "squash"                # squash (ours) | released (centre crops, the release's time ids)
+    uncond_prob: float = 0.1              # features replaced by the empty image's (CFG); the release: 0 (none)
+    # The frozen MLLM in training mode, LoRA dropout on, as the release leaves it (its agent is never put
+    # in eval mode in train_sdxl_img2img_llm.py): the features then differ from generation's. Ours: off.
+    sft_dropout: bool = False
     gradient_checkpointing: bool = False  # the UNet's (the release: on)
     val_items: int = 64                   # validation: the first N (story, beat) items of val, fixed noise
 
@@ -68,8 +80,10 @@ class AdaptItems(Dataset):
     at the tokenizer's size), captions (beats 0..b), story_id, target_pixels [3,S,S] (beat b at the frame
     size), time_ids [6], index (the item's number)."""
 
-    def __init__(self, root, split: str, tokenizer_size: int, image_size: int):
-        self.root = Path(root)
+    def __init__(self, root, split: str, tokenizer_size: int, image_size: int, frames: str = "squash"):
+        if frames not in FRAMES:
+            raise ValueError(f"key 'model.frames': {frames!r} is not one of {', '.join(FRAMES)}")
+        self.root, self.frames = Path(root), frames
         _, self.stories = read_split(self.root, split)
         check_two_beats(self.root / f"{split}.jsonl", self.stories)
         self.tokenizer_size, self.image_size = tokenizer_size, image_size
@@ -81,11 +95,17 @@ class AdaptItems(Dataset):
     def __getitem__(self, i: int) -> dict:
         s, b = self.index[i]
         story = self.stories[s]
-        return {"pixel_values": torch.stack([story_frame(self.root, story, k, self.tokenizer_size)
+        fit = "crop" if self.frames == "released" else "squash"
+        if self.frames == "released":
+            size = story_file(self.root, story, "images", b, image_size)  # the header only
+            time_ids = torch.tensor(released_time_ids(size, self.image_size), dtype=torch.float32)
+        else:
+            time_ids = stored_frame_time_ids(self.root, story, b, self.image_size)
+        return {"pixel_values": torch.stack([story_frame(self.root, story, k, self.tokenizer_size, INPUT_RESAMPLE, fit)
                                              for k in range(b + 1)]),
                 "captions": story.captions[:b + 1], "story_id": story.id,
-                "target_pixels": story_frame(self.root, story, b, self.image_size),
-                "time_ids": stored_frame_time_ids(self.root, story, b, self.image_size), "index": i}
+                "target_pixels": story_frame(self.root, story, b, self.image_size, "bicubic", fit),
+                "time_ids": time_ids, "index": i}
 
 
 def file_stamp(path: Path) -> dict:
@@ -95,7 +115,7 @@ def file_stamp(path: Path) -> dict:
 
 class StoryAdaptTask(Task):
     ModelConfig = StoryAdaptModelConfig
-    model_choices = {"trainable": tuple(TRAINABLE), "upstream_weights": ("auto", "ema", "trained")}
+    model_choices = {"trainable": tuple(TRAINABLE), "upstream_weights": ("auto", "ema", "trained"), "frames": FRAMES}
     best_metric = "val/loss"  # validate(): the diffusion loss on val items with fixed noise
 
     def __init__(self, cfg):
@@ -147,9 +167,10 @@ class StoryAdaptTask(Task):
         return sdxl_pipeline(self.vae, self.detokenizer.unet, self.detok.cfg.model.pretrained, self.cfg.sample.scheduler)
 
     def train(self, mode: bool = True):
-        """The frozen MLLM and VAE stay in eval mode (LoRA dropout off: the features are the MLLM's own)."""
+        """The frozen MLLM and VAE stay in eval mode (LoRA dropout off: the features are the MLLM's own),
+        unless model.sft_dropout asks for the release's training-mode MLLM while training."""
         super().train(mode)
-        self.sft.eval()
+        self.sft.train(mode and self.cfg.model.sft_dropout)
         self.detok.vae.eval()
         return self
 
@@ -187,7 +208,8 @@ class StoryAdaptTask(Task):
 
     # ---- data -------------------------------------------------------------------------------------
     def dataset(self, split: str) -> AdaptItems:
-        return AdaptItems(self.cfg.data.root, split, self.visual_tokenizer.image_size, self.cfg.data.image_size)
+        return AdaptItems(self.cfg.data.root, split, self.visual_tokenizer.image_size, self.cfg.data.image_size,
+                          self.cfg.model.frames)
 
     def train_dataset(self):
         self.record_upstream()  # the engine asks for the dataset once per training session, in its run folder
