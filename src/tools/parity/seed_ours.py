@@ -8,7 +8,6 @@ points (tasks from recipe configs) and compare their outputs with the original c
 """
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import torch
@@ -300,7 +299,6 @@ def e2e_rows(world: World) -> list[Row]:
     meta, exp = world.meta["seed_e2e"], expected(world, "seed_e2e")
     sft, detok = world.sft_task(), world.detokenizer_task()
     frame = group(world.tensors["seed_e2e"], "input")["frame"]
-    k = world.meta["seed_agent"]["agent"]["num_image_tokens"]
     writer = StoryWriter(sft.mllm, sft.special, "dense", SinkSettings(),
                          DecodeSettings(policy="released", max_text_tokens=meta["max_new_tokens"]),
                          sft.cfg.model.separator)
