@@ -98,7 +98,7 @@ def main(argv=None) -> None:
     mllm = load_task(args.mllm)[0].to(device).eval()
     steps = [f"sample.num_inference_steps={args.steps}"] if args.steps else []
     detok = load_task(args.detokenizer, overrides=steps)[0].to(device).eval()
-    pipe = detok.pipeline(mllm=mllm.mllm, special=mllm.special)
+    pipe = detok.pipeline(**mllm.writer_parts())
     rows, curves = [], {}
     with tempfile.TemporaryDirectory() as tmp:
         for length in args.lengths:

@@ -3,7 +3,8 @@
   python -m src.generate_story --mllm outputs/story_sft/toy_story/default \\
       --detokenizer outputs/detokenizer/toy/default --split test --out outputs/samples/seed_story \\
       [--mode story|vis] [--beats 25] [--context dense|window|sink|multimodal_sink] \\
-      [--temperature 0.7] [--top-p 0.5] [--seed 0] [--num-stories N] [--data-root DIR]
+      [--temperature 0.7] [--top-p 0.5] [--decode-policy constrained|released] [--seed 0] [--num-stories N]
+      [--data-root DIR]
 
 --mllm / --detokenizer are run folders (their latest checkpoint), `checkpoints/step_N` folders or
 `<run>/best`; each run's saved config.yaml rebuilds its task and its weights load strictly
@@ -12,7 +13,9 @@ or a story_adapt run (stage 3: the de-tokenizer adapted to an MLLM's features); 
 run's `model.detokenizer_run` draws. Given a story_adapt run, --mllm may be left out: the MLLM is then
 the SFT run it was adapted to (its model.sft_run). Stories come from the MLLM run's data.root (or --data-root): story mode
 starts from each story's first frame and text and writes up to --beats beats; vis mode draws the frames
-of each story's captions (up to --beats). --temperature 0 decodes greedily. Writes the generated-story
+of each story's captions (up to --beats). --temperature 0 decodes greedily; --decode-policy released
+decodes a beat as the release does (greedy over the whole vocabulary, its image-token logits processor;
+docs/fidelity.md). Writes the generated-story
 layout (docs/story_format.md, "Generated stories": stories.jsonl holds the generated text) and a
 generation.json naming both checkpoints. A bad input is one line on stderr and exit status 2.
 """
@@ -24,7 +27,7 @@ from pathlib import Path
 
 from src.errors import run_entry
 from src.models.story_cache import CONTEXT_MODES, SinkSettings
-from src.pipelines.seed_story import GEN_MODES, DecodeSettings
+from src.pipelines.seed_story import DECODE_POLICIES, GEN_MODES, DecodeSettings
 
 
 def resolve_runs(mllm, detokenizer) -> tuple:
@@ -81,6 +84,9 @@ def main(argv=None) -> int:
     parser.add_argument("--temperature", type=float, default=DecodeSettings.temperature, help="0: greedy")
     parser.add_argument("--top-p", type=float, default=DecodeSettings.top_p)
     parser.add_argument("--max-text-tokens", type=int, default=DecodeSettings.max_text_tokens)
+    parser.add_argument("--decode-policy", choices=DECODE_POLICIES, default=DecodeSettings.policy,
+                        help="constrained (ours) or released (the release's greedy decoding; ignores "
+                             "--temperature and --top-p, as the release does)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--num-stories", type=int, default=None, help="only the first N stories")
     parser.add_argument("--weights", choices=("auto", "ema", "trained"), default="auto")
@@ -121,11 +127,11 @@ def main(argv=None) -> int:
     sink = SinkSettings(window_images=args.window_images, first_tokens=args.first_tokens,
                         sink_images=args.sink_images)
     decode = DecodeSettings(temperature=args.temperature, top_p=args.top_p, max_text_tokens=args.max_text_tokens,
-                            seed=args.seed)
+                            seed=args.seed, policy=args.decode_policy)
     meta.update({"mllm_checkpoint": str(mfile), "mllm_config": str(runs.run_folder_of(mllm_run) / "config.yaml"),
                  "detokenizer_checkpoint": str(dfile), "detokenizer_config": str(runs.run_folder_of(detok_run) / "config.yaml"),
                  "dataset_root": str(root), "split": args.split})
-    pipe = detok.pipeline(mllm=mllm.mllm, special=mllm.special)
+    pipe = detok.pipeline(**mllm.writer_parts())
     out = generate_seed_stories(pipe, stories, root, args.out, args.mode, args.beats, args.context, sink, decode, meta,
                                 progress=True)
     print(f"samples: {out}")

@@ -11,8 +11,16 @@ import pytest
 import yaml
 from PIL import Image
 
-from src.data.story_file import (Character, Opening, StoryFileError, StoryRequest, mentioned_characters,
-                                 read_story_file, reference_images, write_story_file)
+from src.data.story_file import (
+    Character,
+    Opening,
+    StoryFileError,
+    StoryRequest,
+    mentioned_characters,
+    read_story_file,
+    reference_images,
+    write_story_file,
+)
 from src.errors import run_entry
 
 REPO = Path(__file__).resolve().parent.parent

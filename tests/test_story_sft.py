@@ -11,7 +11,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from src.data.story_sequence import IGNORE, SpecialIds, build_sequence, fit_sequence, pad_batch
+from src.data.story_sequence import IGNORE, BeatText, SpecialIds, build_sequence, fit_sequence, pad_batch
 from src.data.toy_sprites import BACKGROUNDS
 from src.engine.tracking import read_metrics
 
@@ -72,7 +72,9 @@ def test_long_toy_stories_chunk_to_ten_beats_and_their_text_follows_the_characte
 
 # ---- the sequence: masks and labels for several interleavings --------------------------------------------
 
-CAPTIONS = [[10, 11, 12], [13], [], [14, 15, 16, 17], [18, 19]]   # beat 2 has an empty caption
+TEXTS = [[10, 11, 12], [13], [], [14, 15, 16, 17], [18, 19]]   # beat 2 has an empty caption
+# A tokenizer that splits each piece the same wherever it sits: separator + caption in every place.
+CAPTIONS = [BeatText(tuple(t), IDS.separator + tuple(t), IDS.separator + tuple(t)) for t in TEXTS]
 
 
 def visible_to(seq, row: int) -> list[int]:
@@ -105,15 +107,26 @@ def test_every_beat_pass_is_the_union_of_the_released_samples(first, last):
 def test_every_beat_labels_and_the_released_last_beat_labels(first, last):
     every = build_sequence(CAPTIONS, first, last, IDS, "every")
     supervised = [t for t in every.targets if t != IGNORE]
-    expected = [t for b in range(first + 1, last + 1) for t in (*IDS.separator, *CAPTIONS[b], IDS.boi)] + [IDS.eos]
+    expected = [t for b in range(first + 1, last + 1) for t in (*IDS.separator, *TEXTS[b], IDS.boi)] + [IDS.eos]
     assert supervised == expected  # each target beat's text and <img>, then </s>; no image token, no </img>
     shown = [i for i, g in enumerate(every.hidden_group) if g < 0]
     for a, b in zip(shown, shown[1:]):  # a label is always the next token the visible stream holds
         assert every.targets[a] in (IGNORE, every.input_ids[b])
     assert all(every.targets[i] == IGNORE for i, g in enumerate(every.hidden_group) if g >= 0)
     last_only = build_sequence(CAPTIONS, first, last, IDS, "last")
-    assert [t for t in last_only.targets if t != IGNORE] == [*IDS.separator, *CAPTIONS[last], IDS.boi, IDS.eos]
+    assert [t for t in last_only.targets if t != IGNORE] == [*IDS.separator, *TEXTS[last], IDS.boi, IDS.eos]
     assert sum(last_only.gen_mask) == K and last_only.target_beats == [last]
+
+
+def test_each_beat_text_is_tokenized_where_the_release_puts_it():
+    """The release tokenizes `cap0 <img>..</img>[INST]cap1 ...` whole and the supervised `[INST]capN ...`
+    on its own: the first beat is its opening text, a context beat its text after </img>, the supervised
+    last beat (`last`) its text at a string's start; the every-beat pass puts every later beat after </img>."""
+    texts = [BeatText((10 + b,), (30 + b, 10 + b), (50 + b, 10 + b)) for b in range(4)]
+    last = build_sequence(texts, 1, 3, IDS, "last")
+    assert [t for t in last.input_ids if 10 <= t < 70] == [11, 32, 12, 53, 13]
+    every = build_sequence(texts, 0, 3, IDS, "every")
+    assert [t for t in every.input_ids if 10 <= t < 70] == [10, 31, 11, 32, 12, 33, 13]
 
 
 def test_long_samples_are_cut_by_whole_beats_from_the_front():

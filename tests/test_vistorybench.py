@@ -13,8 +13,14 @@ import pytest
 from PIL import Image
 
 from src.data.story_file import StoryFileError, read_story_file, write_story_file
-from src.data.vistorybench import (LITE_STORY_IDS, list_story_ids, read_vistorybench, read_vistorybench_outputs,
-                                   run_timestamp, write_vistorybench_outputs)
+from src.data.vistorybench import (
+    LITE_STORY_IDS,
+    list_story_ids,
+    read_vistorybench,
+    read_vistorybench_outputs,
+    run_timestamp,
+    write_vistorybench_outputs,
+)
 
 TIMESTAMP = "20260101_120000"
 

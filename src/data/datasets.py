@@ -22,13 +22,15 @@ CAPTION_FIELDS = ("captions", "captions_coref")
 class _SplitFrames:
     """Shared by both datasets: the split, its meta, and how to build one frame's fields."""
 
-    def __init__(self, root, split: str, image_size, caption_field: str, with_masks: bool, max_chars: int | None):
+    def __init__(self, root, split: str, image_size, caption_field: str, with_masks: bool, max_chars: int | None,
+                 resample: str = "bicubic"):
         if caption_field not in CAPTION_FIELDS:
             raise ValueError(f"caption_field must be one of {CAPTION_FIELDS}, got {caption_field!r}")
         self.root = Path(root)
         self.split = split
         self.jsonl = self.root / f"{split}.jsonl"
         self.image_size = image_size
+        self.resample = resample  # the frames' resize filter (src/data/transforms.py: load_frame)
         self.caption_field = caption_field
         self.with_masks = with_masks
         self.meta, self.stories = read_split(self.root, split)
@@ -64,7 +66,7 @@ class _SplitFrames:
         for name in names:
             char_labels[self.char_index[name]] = 1.0
         item = {
-            "pixel_values": story_frame(self.root, story, k, self.image_size),
+            "pixel_values": story_frame(self.root, story, k, self.image_size, self.resample),
             "caption": getattr(story, self.caption_field)[k],
             "caption_original": story.captions[k],
             "story_id": story.id,
@@ -102,8 +104,8 @@ class _SplitDataset(Dataset):
     """What both datasets share: the split's meta, stories and frame builder."""
 
     def __init__(self, root, split: str, image_size, caption_field: str = "captions",
-                 with_masks: bool = False, max_chars: int | None = None):
-        self.data = _SplitFrames(root, split, image_size, caption_field, with_masks, max_chars)
+                 with_masks: bool = False, max_chars: int | None = None, resample: str = "bicubic"):
+        self.data = _SplitFrames(root, split, image_size, caption_field, with_masks, max_chars, resample)
 
     @property
     def meta(self) -> dict:

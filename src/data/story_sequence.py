@@ -21,6 +21,12 @@ plain target (nothing follows it but `</s>`).
 
 An over-long sample is cut by whole beats from the front (`fit_sequence`); the caller counts the cuts.
 
+A beat's text comes as token ids in each place the release's strings put it (BeatText): the release
+tokenizes whole strings (`caption_0 <img>..</img>[INST]caption_1 <img>..</img>...` as one, the supervised
+`[INST]caption <img>..</img>` as another), and a tokenizer splits a text differently at a string's start
+than after a special token (Llama's Metaspace prefix "▁"), so the separator and the caption are one piece
+of text, tokenized where they sit.
+
 Shapes: L sequence length, K image tokens per image, N images.
   input_ids, targets, position_ids, hidden_group [L]; cmp_mask, gen_mask [L] bool;
   targets[i] = the token position i must predict (-100: none); hidden_group[i] >= 0: a hidden query block.
@@ -42,7 +48,21 @@ class SpecialIds:
     boi: int                      # <img>
     eoi: int                      # </img>
     img: tuple[int, ...]          # <img_00000> .. <img_{K-1}>
-    separator: tuple[int, ...]    # the tokenized beat separator ("[INST]")
+    separator: tuple[int, ...]    # the beat separator ("[INST]") tokenized after `</img>` (generation feeds it)
+
+
+@dataclass(frozen=True)
+class BeatText:
+    """A beat's text as token ids, in the three places a release sample puts it
+    (story_telling.py:decode_long_story_data):
+      opening    the caption alone at the start of the sample (its first beat, after `<s>`)
+      continued  separator + caption right after the previous beat's `</img>` (a context beat; every
+                 beat after the first in the every-beat pass and at generation)
+      response   separator + caption at the start of the separately tokenized response (the supervised
+                 last beat of `last` supervision)"""
+    opening: tuple[int, ...]
+    continued: tuple[int, ...]
+    response: tuple[int, ...]
 
 
 @dataclass
@@ -92,9 +112,16 @@ class _Writer:
             s.gen_mask.append(True)
 
 
-def build_sequence(captions: list[list[int]], first: int, last: int, ids: SpecialIds,
+def beat_tokens(text: BeatText, beat: int, first: int, last: int, supervision: str) -> tuple[int, ...]:
+    """The ids of a beat's text where this sample puts it (BeatText)."""
+    if beat == first:
+        return text.opening
+    return text.response if supervision == "last" and beat == last else text.continued
+
+
+def build_sequence(captions: list[BeatText], first: int, last: int, ids: SpecialIds,
                    supervision: str = "every") -> StorySequence:
-    """The sequence of beats first..last (inclusive) of a story whose captions are token ids."""
+    """The sequence of beats first..last (inclusive) of a story whose captions are BeatTexts."""
     if supervision not in SUPERVISION:
         raise ValueError(f"supervision '{supervision}' is not one of {', '.join(SUPERVISION)}")
     if not 0 <= first < last < len(captions):
@@ -105,7 +132,7 @@ def build_sequence(captions: list[list[int]], first: int, last: int, ids: Specia
         target = b == last or (supervision == "every" and b > first)
         if b == first and ids.bos is not None:
             w.put(ids.bos, False)
-        for token in (() if b == first else ids.separator) + tuple(captions[b]):
+        for token in beat_tokens(captions[b], b, first, last, supervision):
             w.put(token, target)
         w.put(ids.boi, target)
         if target and b < last:  # every-beat: a hidden query block, then the features for later beats
@@ -124,7 +151,7 @@ def build_sequence(captions: list[list[int]], first: int, last: int, ids: Specia
     return w.seq
 
 
-def fit_sequence(captions: list[list[int]], last: int, ids: SpecialIds, supervision: str,
+def fit_sequence(captions: list[BeatText], last: int, ids: SpecialIds, supervision: str,
                  max_length: int, where: str = "story") -> StorySequence:
     """Beats 0..last, cut by whole beats from the front while longer than `max_length` (the first kept
     beat becomes the context). Two beats still too long is an error naming `where`."""

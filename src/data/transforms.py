@@ -54,18 +54,47 @@ def image_size(path) -> tuple[int, int]:
         return image.height, image.width
 
 
-def load_frame(path, size) -> torch.Tensor:
+RESAMPLE = {"bicubic": Image.Resampling.BICUBIC, "bilinear": Image.Resampling.BILINEAR}
+FITS = ("squash", "crop")
+
+
+def load_frame(path, size, resample: str = "bicubic", fit: str = "squash") -> torch.Tensor:
     """RGB frame as FloatTensor [3, H, W] in [-1, 1]; `size` is an int, (height, width), or None for
     the stored size.
 
-    A frame stored at another size is resized with PIL's bicubic filter, which is antialiased when it
-    shrinks (no aliasing on the 512 -> 64 px downscale of real datasets)."""
+    A frame stored at another size is resized with PIL's `resample` filter (bicubic, or bilinear: what
+    torchvision's Resize does to PIL images, SEED-Story's visual-tokenizer input), antialiased when it
+    shrinks (no aliasing on the 512 -> 64 px downscale of real datasets). fit "squash": the whole frame
+    to the size; "crop" (a square int size): the shorter side to the size, then the centre square, as
+    torchvision's Resize(size) + CenterCrop(size) (SEED-Story's stage-3 frames)."""
+    if resample not in RESAMPLE:
+        raise ValueError(f"resample {resample!r}: expected one of {tuple(RESAMPLE)}")
+    if fit not in FITS:
+        raise ValueError(f"fit {fit!r}: expected one of {FITS}")
     image = _open(path).convert("RGB")
+    if fit == "crop":
+        image = _resize_center_crop(image, size, RESAMPLE[resample])
     height, width = (image.height, image.width) if size is None else _size_hw(size)
     if image.size != (width, height):
-        image = image.resize((width, height), Image.Resampling.BICUBIC)
+        image = image.resize((width, height), RESAMPLE[resample])
     array = np.asarray(image, dtype=np.float32)
     return torch.from_numpy(array).permute(2, 0, 1).div(127.5).sub(1.0).contiguous()
+
+
+def _resize_center_crop(image: Image.Image, size, resample) -> Image.Image:
+    """torchvision's Resize(size) (shorter side to `size`, the longer int(size * long / short)) then
+    CenterCrop(size) (offsets int(round((side - size) / 2))) on a PIL image."""
+    if not isinstance(size, int):
+        raise ValueError(f"fit 'crop' takes a square size (an int), got {size!r}")
+    width, height = image.size
+    if width <= height:
+        new_w, new_h = size, int(size * height / width)
+    else:
+        new_w, new_h = int(size * width / height), size
+    if (new_w, new_h) != (width, height):
+        image = image.resize((new_w, new_h), resample)
+    top, left = int(round((new_h - size) / 2.0)), int(round((new_w - size) / 2.0))
+    return image.crop((left, top, left + size, top + size))
 
 
 def load_mask(path, size) -> torch.Tensor:
@@ -94,9 +123,9 @@ def story_file(root, story: Story, key: str, k: int, read: Callable[[Path], T]) 
     raise StoryFormatError(story.source or path, story.line, key, f"story '{story.id}' frame {k}: {problem}")
 
 
-def story_frame(root, story: Story, k: int, size) -> torch.Tensor:
+def story_frame(root, story: Story, k: int, size, resample: str = "bicubic", fit: str = "squash") -> torch.Tensor:
     """load_frame of `story`'s frame k (story_file: a bad file names the story line)."""
-    return story_file(root, story, "images", k, lambda path: load_frame(path, size))
+    return story_file(root, story, "images", k, lambda path: load_frame(path, size, resample, fit))
 
 
 def to_pil(tensor: torch.Tensor) -> Image.Image:

@@ -48,6 +48,20 @@ def resize_crop_time_ids(original_size: tuple[int, int], resolution: int) -> lis
     return sdxl_time_ids((height, width), (top, left), (resolution, resolution))
 
 
+def released_time_ids(original_size: tuple[int, int], resolution: int) -> list[int]:
+    """The time ids SEED-Story's data code gives a frame it resizes to `resolution` on the shorter side
+    and centre-crops (story_telling.py:decode_long_story_data, stage 3): its size helper
+    (calculate_new_dimensions) returns (h, w) and the caller unpacks (w, h), so the crop offsets come
+    out swapped, (left, top) where (top, left) belongs; its arithmetic is kept as it is."""
+    height, width = original_size
+    if height < width:
+        new_h, new_w = resolution, int(width * (resolution / height))
+    else:
+        new_w, new_h = resolution, int(height * (resolution / width))
+    top, left = max(0, int(round((new_w - resolution) / 2.0))), max(0, int(round((new_h - resolution) / 2.0)))
+    return sdxl_time_ids((height, width), (top, left), (resolution, resolution))
+
+
 def check_sdxl_unet(unet: UNet2DConditionModel, resampler: ResamplerXL) -> None:
     """The UNet must take SDXL's conditioning at the widths the resampler produces."""
     config = unet.config

@@ -121,6 +121,19 @@ class LLMWithImageTokens(nn.Module):
     def text_ids(self, text: str) -> list[int]:
         return self.tokenizer(text, add_special_tokens=False).input_ids
 
+    def text_ids_in_context(self, text: str, before: Optional[str] = None, after: Optional[str] = None) -> list[int]:
+        """The ids of `text` as the tokenizer splits it inside a longer string, right after the added token
+        `before` and right before `after` (None: the string's start / end). A tokenizer splits text
+        differently at a string's start than after a special token (Llama's Metaspace "▁" prefix), so a
+        sequence assembled from pieces matches one tokenized whole only if each piece is tokenized where
+        it sits: `before + text + after` is tokenized and the two tokens dropped."""
+        ids = self.text_ids((before or "") + text + (after or ""))
+        for name, index in ((before, 0), (after, -1)):
+            if name is not None and (not ids or ids[index] != self.token_id(name)):
+                raise ValueError(f"the tokenizer does not keep {name!r} as one token (is it registered as an "
+                                 f"added special token?); tokenizing {(before or '') + text + (after or '')!r}")
+        return ids[(1 if before else 0):(len(ids) - 1 if after else len(ids))]
+
     # ---- prompts ----------------------------------------------------------------------------------
     def assemble(self, prompts: list[list[Piece]], bos: bool = True):
         """Right-padded batch from prompts made of pieces: a string (tokenized without specials), a

@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import json
+import re
 from pathlib import Path
 from typing import Optional
 
@@ -124,9 +125,10 @@ class ShapeOnlyLLMTokenizer:
     """Stands in for an LLM's tokenizer in config-only mode, read from the LLM folder's config.json
     (`vocab_size`, `bos_token_id`, `eos_token_id`): its length, the special ids, added tokens (they extend
     the length, as in a real tokenizer) and `tok(text, add_special_tokens=False).input_ids`, one id per
-    UTF-8 byte of the text. A byte-fallback BPE (Llama's) never gives more tokens than bytes, so a
-    sequence built from these ids is at least as long as the real one: the largest case, as every other
-    data-dependent step of the shape check. The ids are all `unk` (0): only their number matters."""
+    UTF-8 byte of the text between added tokens and an added token's own id. A byte-fallback BPE (Llama's)
+    never gives more tokens than bytes, so a sequence built from these ids is at least as long as the real
+    one: the largest case, as every other data-dependent step of the shape check. The ids are all `unk`
+    (0): only their number matters."""
 
     def __init__(self, vocab_size: int, bos_token_id: Optional[int], eos_token_id: Optional[int], source: str):
         self.vocab_size, self.bos_token_id, self.eos_token_id = vocab_size, bos_token_id, eos_token_id
@@ -157,7 +159,17 @@ class ShapeOnlyLLMTokenizer:
         if not isinstance(text, str) or add_special_tokens:
             raise ValueError(f"{self.source}: the shape-only LLM tokenizer (config-only mode) encodes one "
                              f"string without special tokens")
-        return BatchEncoding({"input_ids": [0] * len(text.encode("utf-8"))})
+        ids: list[int] = []
+        if self.added:  # added tokens are whole tokens, as in a real tokenizer; the text between them bytes
+            pieces = re.split("(" + "|".join(re.escape(t) for t in sorted(self.added, key=len, reverse=True)) + ")", text)
+        else:
+            pieces = [text]
+        for piece in pieces:
+            if piece in self.added:
+                ids.append(self.vocab_size + self.added.index(piece))
+            else:
+                ids += [0] * len(piece.encode("utf-8"))
+        return BatchEncoding({"input_ids": ids})
 
     def __getattr__(self, name):
         raise AttributeError(f"{self.source}: the shape-only LLM tokenizer (config-only mode) has no '{name}'; "

@@ -53,10 +53,14 @@ class QwenAttnPool(nn.Module):
     """Qwen-VL's attention pool (Bai et al. 2023, §2.1 "Position-aware Vision-Language Adapter"): Q
     learned queries with fixed 2D sin-cos positions cross-attend once to the keys (with the same
     positions resized to the key grid); LayerNorm on both sides, no FFN. Parameter names follow
-    Qwen-VL's `attn_pool.*` so released weights load by name."""
+    Qwen-VL's `attn_pool.*` so released weights load by name.
+
+    `norm_eps`: the release's Resampler (SEED-Story src/models/qwen_visual.py) defaults to
+    nn.LayerNorm, eps 1e-5, which SEED-Story's agent resamplers use; Qwen-VL's ViT builds its own pool
+    with eps 1e-6 (QwenViT passes it)."""
 
     def __init__(self, grid_size: int, embed_dim: int, num_heads: int, kv_dim: int | None = None,
-                 norm_eps: float = 1e-6):
+                 norm_eps: float = 1e-5):
         super().__init__()
         self.num_queries = grid_size ** 2
         # A frozen parameter, not a buffer: Qwen-VL stores it as one, so it is part of the released weights.

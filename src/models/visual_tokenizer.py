@@ -18,6 +18,10 @@ import torch.nn.functional as F
 from torch import nn
 
 KINDS = ("qwen_vit", "hf", "open_clip")
+# The filter a stored frame is resized with to the tower's input size (src/data/transforms.py: load_frame):
+# SEED-Story's tokenizer input is torchvision's Resize((448, 448)) of the PIL frame, i.e. PIL's bilinear
+# (configs/processer/qwen_448_transform.yaml, used in stage 2 and at generation).
+INPUT_RESAMPLE = "bilinear"
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 

@@ -20,7 +20,10 @@ a re-encoding of the drawn frame).
   (sampled: temperature and top-p, or greedy at temperature 0) until it emits `<img>`, then its image.
   After `</img>` the model chooses between the separator `[INST]` (then fed whole) and `</s>` (the
   story ends); image tokens, `</img>` and `</s>` are banned inside a beat's text, and `<img>` is forced
-  after `max_text_tokens` (counted per story in generation.json).
+  after `max_text_tokens` (counted per story in generation.json). Decode policy "released" decodes as
+  the release instead (greedy over the whole vocabulary, image tokens and `</img>` at logit 0.0).
+- Text pieces are tokenized where they sit, as the release tokenizes its whole prompt string: the first
+  caption at the start, later ones right after `</img>` (LLMWithImageTokens.text_ids_in_context).
 - vis mode: the given captions are the text (teacher-forced), the MLLM draws their frames.
 Frame 0 is in both modes the de-tokenizer's drawing of the given first frame's tokenizer features.
 
@@ -38,8 +41,14 @@ import torch
 from PIL import Image
 
 from src.models.story_cache import SinkSettings, StoryKVCache, rope_inv_freq
+from src.models.story_mllm import BOI, EOI
 
 GEN_MODES = ("story", "vis")
+# How a beat's text is decoded in story mode: "constrained" (ours: after </img> only the separator or </s>,
+# image tokens and </s> banned inside a beat's text, temperature / top-p sampling) or "released" (the
+# release's ContinuousLVLM.generate: greedy over the whole vocabulary, the image tokens and </img> given
+# logit 0.0 outside an image by generation.py:AutoImageTokenGenerationProcessor; docs/fidelity.md).
+DECODE_POLICIES = ("constrained", "released")
 # The release's dense context, for reference timings (bench/story_context.py): before every beat the
 # whole story so far is fed again, in one forward, into an empty cache (the release calls generate with
 # past_key_values=None each beat, docs/seed_story.md). Same attention as `dense`, O(story) work per beat.
@@ -52,6 +61,7 @@ class DecodeSettings:
     top_p: float = 0.5
     max_text_tokens: int = 64     # per beat; reached without <img>, <img> is forced (counted in the stats)
     seed: int = 0
+    policy: str = "constrained"   # constrained | released (DECODE_POLICIES)
 
 
 @dataclass
@@ -79,8 +89,11 @@ def pick_token(logits: torch.Tensor, decode: DecodeSettings, generator: Optional
 class StoryWriter:
     """The MLLM side of generation: `mllm` a StoryMLLM, `special` its SpecialIds (story_sft's)."""
 
-    def __init__(self, mllm, special, context: str, sink: SinkSettings, decode: DecodeSettings):
-        self.mllm, self.special, self.decode = mllm, special, decode
+    def __init__(self, mllm, special, context: str, sink: SinkSettings, decode: DecodeSettings,
+                 separator: str = "[INST]"):
+        if decode.policy not in DECODE_POLICIES:
+            raise ValueError(f"decode policy '{decode.policy}' is not one of {', '.join(DECODE_POLICIES)}")
+        self.mllm, self.special, self.decode, self.separator = mllm, special, decode, separator
         self.refill = context == REFILL
         self.context, self.sink = ("dense" if self.refill else context), sink
         self.llm = mllm.llm
@@ -148,7 +161,7 @@ class StoryWriter:
         s = self.special
         self.cache = StoryKVCache(self.context, self.sink, self.inv_freq)
         self.fed = []
-        text = ([s.bos] if s.bos is not None else []) + self.llm.text_ids(caption)
+        text = ([s.bos] if s.bos is not None else []) + self.llm.text_ids_in_context(caption, after=BOI)
         block = torch.cat([self._embed(text + [s.boi]), self._input_block(features), self._embed([s.eoi])])
         self._feed(block, 0, ["text"] * len(text) + ["boi"] + ["img"] * len(s.img) + ["eoi"])
         return Beat(caption, features, text)
@@ -177,6 +190,30 @@ class StoryWriter:
             self._feed(self._embed([token]), beat, ["text"])
         return ids, "max_text_tokens"
 
+    def next_text_released(self, beat: int) -> tuple[Optional[list[int]], str]:
+        """The release's decoding of a beat (models_clm/models.py:ContinuousLVLM.generate, do_sample=False):
+        greedy over the whole vocabulary, where outside an image the image tokens and `</img>` get logit
+        0.0, not -inf (generation.py:AutoImageTokenGenerationProcessor); `<img>` starts the image (its
+        forced chain is _image's). `</s>` ends the story, as an image-less output ends the release's
+        loop; so does an image token or `</img>` winning at 0.0 outside an image (the release would then
+        force an image without `<img>`). At max_text_tokens `<img>` is forced (the release goes on to
+        500 new tokens)."""
+        s = self.special
+        ids: list[int] = []
+        while len(ids) < self.decode.max_text_tokens:
+            logits = self.llm.logits_at(self.last_hidden[None])[0].clone()
+            logits[self.banned] = 0.0
+            token = int(logits.argmax())
+            if token == s.boi:
+                return ids, ""
+            if token == s.eos:
+                return None, "</s>"
+            if token in self.banned.tolist():
+                return None, "image token outside an image"
+            ids.append(token)
+            self._feed(self._embed([token]), beat, ["text"])
+        return ids, "max_text_tokens"
+
     @torch.no_grad()
     def beats(self, caption: str, features: torch.Tensor, beats: int,
               captions: Optional[list[str]] = None) -> Iterator[Beat]:
@@ -198,11 +235,14 @@ class StoryWriter:
                 self._refill()
             evicted += self.cache.evict_if_full()
             if captions is not None:
-                prefix = list(self.special.separator) + self.llm.text_ids(captions[beat])
+                prefix = self.llm.text_ids_in_context(self.separator + captions[beat], before=EOI, after=BOI)
                 regressed = self._image(prefix, beat)
                 out.append(Beat(captions[beat], regressed, prefix, beat))
             else:
-                ids, why = self.next_text(beat, generator)
+                if self.decode.policy == "released":
+                    ids, why = self.next_text_released(beat)
+                else:
+                    ids, why = self.next_text(beat, generator)
                 if ids is None:
                     stop = why
                     break
@@ -265,10 +305,10 @@ class SeedStoryPipeline:
     (absent: the pipeline only draws features, e.g. a de-tokenizer run's reconstructions)."""
 
     def __init__(self, detokenizer, vae, visual_tokenizer, scheduler_config: dict, image_size: int,
-                 settings: DetokenizerSettings, mllm=None, special=None):
+                 settings: DetokenizerSettings, mllm=None, special=None, separator: str = "[INST]"):
         self.detokenizer, self.vae, self.visual_tokenizer = detokenizer, vae, visual_tokenizer
         self.scheduler_config, self.image_size, self.settings = scheduler_config, image_size, settings
-        self.mllm, self.special = mllm, special
+        self.mllm, self.special, self.separator = mllm, special, separator
 
     @property
     def device(self) -> torch.device:
@@ -281,8 +321,9 @@ class SeedStoryPipeline:
 
     @torch.no_grad()
     def draw_features(self, features: list[torch.Tensor], generators: list[torch.Generator],
-                      settings: Optional[DetokenizerSettings] = None) -> list:
-        """Feature maps [Q,E] -> PIL frames (classifier-free guidance against the empty image's features)."""
+                      settings: Optional[DetokenizerSettings] = None, output_type: str = "pil") -> list:
+        """Feature maps [Q,E] -> PIL frames (classifier-free guidance against the empty image's features);
+        output_type "latent" / "np": the pipeline's final latents / float images instead."""
         from src.pipelines.diffusion import make_scheduler, sdxl_pipeline
 
         s = settings or self.settings
@@ -298,26 +339,29 @@ class SeedStoryPipeline:
                            negative_pooled_prompt_embeds=neg_pooled.expand(n, -1), height=self.image_size,
                            width=self.image_size, num_inference_steps=s.num_inference_steps,
                            guidance_scale=s.guidance_scale, generator=generators[start:start + n],
-                           output_type="pil").images
+                           output_type=output_type).images
         return images
 
     def writer(self, context: str, sink: SinkSettings, decode: DecodeSettings) -> "StoryWriter":
         if self.mllm is None:
             raise ValueError("this pipeline has no MLLM (a de-tokenizer alone draws features, it writes no story)")
-        return StoryWriter(self.mllm, self.special, context, sink, decode)
+        return StoryWriter(self.mllm, self.special, context, sink, decode, self.separator)
 
     def opening_features(self, image) -> torch.Tensor:
-        """The opening frame (a PIL image, a path, or [3,T,T] in [-1,1]) -> its features [Q,E]."""
+        """The opening frame (a PIL image, a path, or [3,T,T] in [-1,1] at the tokenizer's size) -> its
+        features [Q,E]; an image is resized as the release feeds its tokenizer (INPUT_RESAMPLE)."""
         from src.data.transforms import load_frame
+        from src.models.visual_tokenizer import INPUT_RESAMPLE
 
         size = self.visual_tokenizer.image_size
         if torch.is_tensor(image):
             frame = image
         elif isinstance(image, (str, Path)):
-            frame = load_frame(image, size)
+            frame = load_frame(image, size, INPUT_RESAMPLE)
         else:
             from src.pipelines.storygptv import to_pixels
-            frame = to_pixels(image.convert("RGB").resize((size, size), Image.Resampling.BICUBIC))
+            resample = Image.Resampling[INPUT_RESAMPLE.upper()]
+            frame = to_pixels(image.convert("RGB").resize((size, size), resample))
         return self.features_of(frame[None])[0]
 
     def stream(self, opening_text: str, opening_image, beats: int, context: str = "multimodal_sink",
@@ -360,6 +404,7 @@ def generate_seed_stories(pipeline: SeedStoryPipeline, stories, root, out_dir, m
 
     from src.data.stories import Story
     from src.data.transforms import story_frame
+    from src.models.visual_tokenizer import INPUT_RESAMPLE
     from src.pipelines.diffusion import frame_generator
     from src.pipelines.story_sampler import write_stories
 
@@ -371,7 +416,8 @@ def generate_seed_stories(pipeline: SeedStoryPipeline, stories, root, out_dir, m
     images, written, per_story = {}, [], []
     draw_seconds = 0.0
     for i, story in enumerate(tqdm(stories, desc="writing stories", disable=not progress, dynamic_ncols=True)):
-        features = pipeline.opening_features(story_frame(root, story, 0, pipeline.visual_tokenizer.image_size))
+        frame = story_frame(root, story, 0, pipeline.visual_tokenizer.image_size, INPUT_RESAMPLE)
+        features = pipeline.opening_features(frame)
         count = min(beats, story.num_frames) if mode == "vis" else beats
         result, stats = writer.write(story.captions[0], features, count,
                                      story.captions[:count] if mode == "vis" else None)

@@ -147,7 +147,7 @@ class DetokenizerTask(Task):
 
     # ---- sampling: reconstructions (src/pipelines/seed_story.py) --------------------------------------
     def pipeline(self, **parts) -> SeedStoryPipeline:
-        """The drawing pipeline over this de-tokenizer (`mllm=`, `special=`: a story_sft run's, to write)."""
+        """The drawing pipeline over this de-tokenizer (a story_sft task's `writer_parts()` to write with it)."""
         return SeedStoryPipeline(self.detokenizer, self.vae, self.visual_tokenizer, scheduler_config(self.cfg.model.pretrained),
                                  self.cfg.data.image_size, DetokenizerSettings.from_config(self.cfg.sample), **parts)
 

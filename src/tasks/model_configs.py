@@ -181,7 +181,11 @@ class StoryAdaptModelConfig:
     detokenizer_run: Optional[str] = None
     upstream_weights: str = "auto"        # auto (a run's EMA weights when it kept them) | ema | trained
     trainable: str = "resampler_kv"       # resampler_kv (released) | full_unet (paper)
-    uncond_prob: float = 0.1              # features replaced by the empty image's (classifier-free guidance)
+    frames: str = "squash"                # squash (ours) | released (centre crops, the release's time ids)
+    uncond_prob: float = 0.1              # features replaced by the empty image's (CFG); the release: 0 (none)
+    # The frozen MLLM in training mode, LoRA dropout on, as the release leaves it (its agent is never put
+    # in eval mode in train_sdxl_img2img_llm.py): the features then differ from generation's. Ours: off.
+    sft_dropout: bool = False
     gradient_checkpointing: bool = False  # the UNet's (the release: on)
     val_items: int = 64                   # validation: the first N (story, beat) items of val, fixed noise
 

@@ -40,7 +40,9 @@ from torch.utils.data import Dataset
 
 from src import runs
 from src.data.stories import read_split
-from src.data.transforms import story_frame
+from src.data.transforms import image_size, story_file, story_frame
+from src.models.detokenizer import released_time_ids
+from src.models.visual_tokenizer import INPUT_RESAMPLE
 from src.pipelines.diffusion import scheduler_config
 from src.pipelines.seed_story import DetokenizerSettings, SeedStoryPipeline
 from src.tasks.base import Task
@@ -49,6 +51,12 @@ from src.tasks.story_sft import check_two_beats
 from src.tasks.validation import Means, val_batches
 
 TRAINABLE = {"resampler_kv": "to_kv", "full_unet": "full"}  # -> Detokenizer.set_trainable's UNet modes
+# How an item's frames are made from the stored ones. squash (ours): every frame resized whole to the
+# square, the target's time ids (h, w, 0, 0, S, S), as stage 2 and generation read frames. released
+# (train_sdxl_img2img_llm.py): Resize + CenterCrop of the tokenizer frames (qwen_448_transform_keep_ratio)
+# and of the target (sd_transform_1024, bicubic), with the release's time ids (crop offsets swapped:
+# src/models/detokenizer.py:released_time_ids). Equal for square frames.
+FRAMES = ("squash", "released")
 UPSTREAM_FILE = "upstream.json"
 
 
@@ -57,8 +65,10 @@ class AdaptItems(Dataset):
     at the tokenizer's size), captions (beats 0..b), story_id, target_pixels [3,S,S] (beat b at the frame
     size), time_ids [6], index (the item's number)."""
 
-    def __init__(self, root, split: str, tokenizer_size: int, image_size: int):
-        self.root = Path(root)
+    def __init__(self, root, split: str, tokenizer_size: int, image_size: int, frames: str = "squash"):
+        if frames not in FRAMES:
+            raise ValueError(f"key 'model.frames': {frames!r} is not one of {', '.join(FRAMES)}")
+        self.root, self.frames = Path(root), frames
         _, self.stories = read_split(self.root, split)
         check_two_beats(self.root / f"{split}.jsonl", self.stories)
         self.tokenizer_size, self.image_size = tokenizer_size, image_size
@@ -70,16 +80,22 @@ class AdaptItems(Dataset):
     def __getitem__(self, i: int) -> dict:
         s, b = self.index[i]
         story = self.stories[s]
-        return {"pixel_values": torch.stack([story_frame(self.root, story, k, self.tokenizer_size)
+        fit = "crop" if self.frames == "released" else "squash"
+        if self.frames == "released":
+            size = story_file(self.root, story, "images", b, image_size)  # the header only
+            time_ids = torch.tensor(released_time_ids(size, self.image_size), dtype=torch.float32)
+        else:
+            time_ids = stored_frame_time_ids(self.root, story, b, self.image_size)
+        return {"pixel_values": torch.stack([story_frame(self.root, story, k, self.tokenizer_size, INPUT_RESAMPLE, fit)
                                              for k in range(b + 1)]),
                 "captions": story.captions[:b + 1], "story_id": story.id,
-                "target_pixels": story_frame(self.root, story, b, self.image_size),
-                "time_ids": stored_frame_time_ids(self.root, story, b, self.image_size), "index": i}
+                "target_pixels": story_frame(self.root, story, b, self.image_size, "bicubic", fit),
+                "time_ids": time_ids, "index": i}
 
 
 class StoryAdaptTask(Task):
     upstream_keys = ("sft_run", "detokenizer_run")  # model keys naming runs this task rebuilds (src/assets.py prepares theirs)
-    model_choices = {"trainable": tuple(TRAINABLE), "upstream_weights": ("auto", "ema", "trained")}
+    model_choices = {"trainable": tuple(TRAINABLE), "upstream_weights": ("auto", "ema", "trained"), "frames": FRAMES}
     best_metric = "val/loss"  # validate(): the diffusion loss on val items with fixed noise
 
     def __init__(self, cfg):
@@ -133,9 +149,10 @@ class StoryAdaptTask(Task):
                                  DetokenizerSettings.from_config(self.cfg.sample), **parts)
 
     def train(self, mode: bool = True):
-        """The frozen MLLM and VAE stay in eval mode (LoRA dropout off: the features are the MLLM's own)."""
+        """The frozen MLLM and VAE stay in eval mode (LoRA dropout off: the features are the MLLM's own),
+        unless model.sft_dropout asks for the release's training-mode MLLM while training."""
         super().train(mode)
-        self.sft.eval()
+        self.sft.train(mode and self.cfg.model.sft_dropout)
         self.detok.vae.eval()
         return self
 
@@ -170,7 +187,8 @@ class StoryAdaptTask(Task):
 
     # ---- data -------------------------------------------------------------------------------------
     def dataset(self, split: str) -> AdaptItems:
-        return AdaptItems(self.cfg.data.root, split, self.visual_tokenizer.image_size, self.cfg.data.image_size)
+        return AdaptItems(self.cfg.data.root, split, self.visual_tokenizer.image_size, self.cfg.data.image_size,
+                          self.cfg.model.frames)
 
     def train_dataset(self):
         self.record_upstream()  # the engine asks for the dataset once per training session, in its run folder
@@ -232,7 +250,7 @@ class StoryAdaptTask(Task):
         seed = self.cfg.sample.seed if seed is None else seed
         meta = {"detokenizer": "story_adapt", "upstream": self.upstream, "dataset_root": str(root), "split": split,
                 **(extra_meta or {})}
-        pipe = self.pipeline(mllm=self.sft.mllm, special=self.sft.special)
+        pipe = self.pipeline(**self.sft.writer_parts())
         return generate_seed_stories(pipe, stories, root, out_dir, "vis",
                                      max(story.num_frames for story in stories), "dense", SinkSettings(),
                                      DecodeSettings(seed=seed), meta)

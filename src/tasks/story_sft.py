@@ -26,11 +26,11 @@ import torch.nn.functional as F
 
 from src.data.datasets import StoryDataset
 from src.data.stories import StoryFormatError
-from src.data.story_sequence import SUPERVISION, SpecialIds, build_sequence, fit_sequence, pad_batch
+from src.data.story_sequence import SUPERVISION, BeatText, SpecialIds, build_sequence, fit_sequence, pad_batch
 from src.models.llm_with_image_tokens import EMBEDDINGS, LLMWithImageTokens
 from src.models.pretrained import is_config_only
-from src.models.story_mllm import REGRESSION_LOSSES, StoryMLLM, regression_loss, seed_token_names
-from src.models.visual_tokenizer import build_visual_tokenizer
+from src.models.story_mllm import BOI, EOI, REGRESSION_LOSSES, StoryMLLM, regression_loss, seed_token_names
+from src.models.visual_tokenizer import INPUT_RESAMPLE, build_visual_tokenizer
 from src.tasks.base import Task
 from src.tasks.model_configs import lora_kwargs
 from src.tasks.validation import Means, val_batches
@@ -48,6 +48,14 @@ def check_two_beats(jsonl: Path, stories: list) -> None:
         if story.num_frames < 2:
             raise StoryFormatError(jsonl, story.line, "images",
                                    f"story '{story.id}' has {story.num_frames} beat; SEED-Story's stages 2 and 3 need at least 2")
+
+
+def beat_text(llm: LLMWithImageTokens, caption: str, separator: str) -> BeatText:
+    """A caption's ids in the three places the release's sample strings put it (story_sequence.BeatText):
+    each text piece tokenized between the image tokens that bound it (every piece is followed by `<img>`)."""
+    return BeatText(opening=tuple(llm.text_ids_in_context(caption, after=BOI)),
+                    continued=tuple(llm.text_ids_in_context(separator + caption, before=EOI, after=BOI)),
+                    response=tuple(llm.text_ids_in_context(separator + caption, after=BOI)))
 
 
 class StorySFTTask(Task):
@@ -69,7 +77,8 @@ class StorySFTTask(Task):
             llm.enable_gradient_checkpointing()
         tok = llm.tokenizer
         self.special = SpecialIds(bos=tok.bos_token_id, eos=tok.eos_token_id, boi=self.mllm.boi_id,
-                                  eoi=self.mllm.eoi_id, img=self.mllm.image_ids, separator=tuple(llm.text_ids(m.separator)))
+                                  eoi=self.mllm.eoi_id, img=self.mllm.image_ids,
+                                  separator=tuple(llm.text_ids_in_context(m.separator, before=EOI)))
         self.samples_cut_total = 0
         if m.init_weights and not is_config_only():  # the shape check reads no weights
             self.load_init_weights(m.init_weights)
@@ -84,9 +93,13 @@ class StorySFTTask(Task):
                                     f"story_sft run, or converted weights in its names)")
         self.load_trainable_state_dict(load_file(path), source=path)
 
+    def writer_parts(self) -> dict:
+        """What a drawing pipeline needs to write with this MLLM (SeedStoryPipeline's mllm, special, separator)."""
+        return {"mllm": self.mllm, "special": self.special, "separator": self.cfg.model.separator}
+
     # ---- data -------------------------------------------------------------------------------------
     def dataset(self, split: str) -> StoryDataset:
-        data = StoryDataset(self.cfg.data.root, split, self.visual_tokenizer.image_size)
+        data = StoryDataset(self.cfg.data.root, split, self.visual_tokenizer.image_size, resample=INPUT_RESAMPLE)
         check_two_beats(data.data.jsonl, data.stories)
         return data
 
@@ -94,10 +107,11 @@ class StorySFTTask(Task):
         return self.dataset("train")
 
     def collate(self, items: list[dict]) -> dict:
-        """Every beat's frame [sum F,3,S,S]; captions as token ids (lists, per story)."""
+        """Every beat's frame [sum F,3,S,S]; captions as BeatTexts (lists, per story)."""
         return {"pixel_values": torch.cat([item["pixel_values"] for item in items]),
                 "num_beats": [len(item["captions"]) for item in items],
-                "caption_ids": [[self.mllm.llm.text_ids(c) for c in item["captions"]] for item in items],
+                "caption_ids": [[beat_text(self.mllm.llm, c, self.cfg.model.separator) for c in item["captions"]]
+                                for item in items],
                 "story_id": [item["story_id"] for item in items]}
 
     # ---- the step ---------------------------------------------------------------------------------
@@ -164,13 +178,15 @@ class StorySFTTask(Task):
         m, frames = self.cfg.model, self.cfg.data.frames_per_story
         if frames < 2:
             raise ValueError(f"key 'data.frames_per_story': {frames}; stage 2 needs at least 2 beats")
-        fixed = len(build_sequence([[] for _ in range(frames)], 0, frames - 1, self.special, m.supervision))
+        empty = BeatText((), self.special.separator, self.special.separator)
+        fixed = len(build_sequence([empty] * frames, 0, frames - 1, self.special, m.supervision))
         per_caption = (m.max_length - fixed) // frames
         if per_caption < 1:
             raise ValueError(f"key 'model.max_length': {m.max_length} tokens do not hold {frames} beats "
                              f"({fixed} tokens without any caption text)")
         size = self.visual_tokenizer.image_size
-        captions = [[self.special.eos] * per_caption for _ in range(frames)]
+        text = (self.special.eos,) * per_caption
+        captions = [BeatText(text, self.special.separator + text, self.special.separator + text)] * frames
         return {"pixel_values": torch.zeros(batch_size * frames, 3, size, size, device=device),
                 "num_beats": [frames] * batch_size, "caption_ids": [captions] * batch_size,
                 "story_id": [f"example_{b}" for b in range(batch_size)]}

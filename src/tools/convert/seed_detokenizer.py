@@ -10,7 +10,8 @@ SEED-Story's `SDXLAdapter`: `unet.*` (diffusers' SDXL UNet names, kept as they a
 on the meta device from the SDXL folder's unet/config.json: any key missing, left over or mis-shaped is
 an error naming it. The output holds the whole Detokenizer state dict, with the resampler's
 hyper-parameters in the file's metadata; it records normalize="released", the normalisation those
-weights were trained with (src/models/resamplers.py: normalize_features).
+weights were trained with (src/models/resamplers.py: normalize_features), unless `--normalize none`
+says otherwise (SEED-X's own de-tokenizer configs set `normalize: False`).
 """
 from __future__ import annotations
 
@@ -27,7 +28,7 @@ from safetensors.torch import load_file
 from src.errors import run_entry
 from src.models.detokenizer import RESAMPLER_METADATA_KEY, Detokenizer
 from src.models.loading import load_strict, write_weights_file
-from src.models.resamplers import ResamplerXL
+from src.models.resamplers import NORMALIZE_MODES, ResamplerXL
 
 # Released ResamplerXLV2 name (after `resampler.`) -> ours (after `resampler.`). {i} is a layer index.
 RESAMPLER_TABLE = [
@@ -68,8 +69,9 @@ def convert_state(released: dict[str, torch.Tensor], source: str) -> dict[str, t
     return converted
 
 
-def resampler_config(state: dict[str, torch.Tensor], heads: int, source: str) -> dict:
-    """Hyper-parameters read off the converted weights' shapes (all but the head count)."""
+def resampler_config(state: dict[str, torch.Tensor], heads: int, source: str, normalize: str = "released") -> dict:
+    """Hyper-parameters read off the converted weights' shapes (all but the head count and the input
+    normalisation, which shapes cannot tell)."""
     try:
         proj_in = state["resampler.perceiver.proj_in.weight"]
         inner = state["resampler.perceiver.layers.0.attn.to_q.weight"].shape[0]
@@ -80,7 +82,7 @@ def resampler_config(state: dict[str, torch.Tensor], heads: int, source: str) ->
             output1_dim=state["resampler.proj_out_1.weight"].shape[0],
             output2_dim=state["resampler.proj_out_2.weight"].shape[0],
             ff_mult=state["resampler.perceiver.layers.0.ff.fc1.weight"].shape[0] // proj_in.shape[0],
-            normalize="released")
+            normalize=normalize)
     except KeyError as error:
         raise KeyError(f"{source}: resampler weight {error} is missing") from None
     return config
@@ -94,9 +96,11 @@ def read_checkpoint(path: Path) -> dict[str, torch.Tensor]:
     return torch.load(path, map_location="cpu", weights_only=True)
 
 
-def convert(src: Path, sdxl: Path, out: Path, heads: int = RELEASED_HEADS) -> Detokenizer:
+def convert(src: Path, sdxl: Path, out: Path, heads: int = RELEASED_HEADS, normalize: str = "released") -> Detokenizer:
+    if normalize not in NORMALIZE_MODES:
+        raise ValueError(f"--normalize {normalize!r}: expected one of {NORMALIZE_MODES}")
     state = convert_state(read_checkpoint(src), str(src))
-    config = resampler_config(state, heads, str(src))
+    config = resampler_config(state, heads, str(src), normalize)
     unet_config = sdxl / "unet" / "config.json"
     if not unet_config.is_file():
         raise FileNotFoundError(f"{unet_config}: not found (--sdxl must be an SDXL diffusers folder)")
@@ -114,8 +118,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--sdxl", type=Path, required=True, help="SDXL base diffusers folder (for unet/config.json)")
     parser.add_argument("--out", type=Path, required=True, help="output .safetensors file")
     parser.add_argument("--heads", type=int, default=RELEASED_HEADS, help="resampler attention heads")
+    parser.add_argument("--normalize", choices=NORMALIZE_MODES, default="released",
+                        help="the input normalisation the weights were trained with: released (SEED-Story's "
+                             "de-tokenizers, ResamplerXLV2's F.normalize across tokens) or none (SEED-X's "
+                             "configs with normalize: False)")
     args = parser.parse_args(argv)
-    model = convert(args.src, args.sdxl, args.out, args.heads)
+    model = convert(args.src, args.sdxl, args.out, args.heads, args.normalize)
     print(f"wrote {args.out}: {sum(p.numel() for p in model.parameters()):,} parameters from {args.src}")
 
 

@@ -107,6 +107,36 @@ def clone_on_path(clone: Path, shims: Optional[dict[str, types.ModuleType]] = No
         importlib.invalidate_caches()
 
 
+@contextlib.contextmanager
+def hidden_modules(*top_level: str) -> Iterator[None]:
+    """Inside the block, the already imported modules under the given top-level names (and the names
+    themselves) are out of sys.modules, so an import of that name finds the clone's package, not ours
+    (SEED-Story's and SEED-X's `src`, SEED-X's peft 0.4 beside today's peft); afterwards they are back
+    and whatever the block imported under those names is forgotten."""
+    def under(name: str) -> bool:
+        return any(name == top or name.startswith(top + ".") for top in top_level)
+
+    saved = {name: module for name, module in sys.modules.items() if under(name)}
+    for name in saved:
+        del sys.modules[name]
+    try:
+        yield
+    finally:
+        for name in [name for name in sys.modules if under(name)]:
+            del sys.modules[name]
+        sys.modules.update(saved)
+        importlib.invalidate_caches()
+
+
+def namespace_package(name: str, folder: Path) -> types.ModuleType:
+    """A namespace package `name` whose only folder is `folder`: a clone's `src` (it has no __init__.py,
+    so a plain import would find our regular `src` package first, whatever the order on sys.path)."""
+    module = types.ModuleType(name)
+    module.__path__ = [str(folder)]
+    module.__file__ = None
+    return module
+
+
 def seeded(seed: int) -> torch.Generator:
     return torch.Generator().manual_seed(seed)
 
