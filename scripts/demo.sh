@@ -11,7 +11,8 @@
 #      `bash scripts/train_char_ldm.sh toy`,
 #   4. the test split's stories drawn with it, 5. the toy metrics and outputs/demo/report.html, which
 #      opens with a summary, the training losses and Char-Acc/BG-Acc of the periodic val samples.
-# Extra key=value arguments go to the training config (e.g. train.max_steps=300).
+# Extra key=value arguments go to the training config (e.g. train.max_steps=300); EVAL_ARGS="key=value ..."
+# adds protocol overrides to the evaluation (e.g. EVAL_ARGS="metrics=[classifier]").
 if [ $# -gt 0 ] && [[ "$1" != *=* ]]; then
   case "$1" in
     seed-story) shift; exec bash "$(dirname "$0")/demo_seed_story.sh" "$@" ;;
@@ -30,7 +31,9 @@ fi
 python -m src.train --config configs/char_ldm/toy.yaml run_name=demo train.max_steps=900 train.max_minutes=9.5 \
   "${resume[@]}" "$@"
 python -m src.generate --checkpoint "$run" --split test --out outputs/demo/samples
-python -m eval.run --samples outputs/demo/samples --protocol configs/eval/toy.yaml --out outputs/demo --run "$run"
+read -r -a eval_args <<< "${EVAL_ARGS:-}"  # split on spaces, no glob: metrics=[classifier] stays as it is
+python -m eval.run --samples outputs/demo/samples --protocol configs/eval/toy.yaml --out outputs/demo --run "$run" \
+  "${eval_args[@]}"
 echo
 echo "demo finished in $(( SECONDS / 60 )) min $(( SECONDS % 60 )) s"
 echo "report: $ROOT/outputs/demo/report.html"

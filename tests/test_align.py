@@ -16,7 +16,7 @@ from src.engine.tracking import read_metrics
 RECIPE = "configs/align/toy.yaml"
 
 
-@pytest.fixture
+@pytest.fixture(scope="session")
 def stage1(stage1_run) -> Path:
     return stage1_run
 

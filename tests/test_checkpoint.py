@@ -106,3 +106,25 @@ def test_resume_refuses_a_different_process_count(tmp_path):
     (path / "trainer_state.json").write_text(json.dumps({**state, "world_size": 2}))
     with pytest.raises(ValueError, match="saved by 2 processes"):
         ckpt.load_checkpoint(path, *parts(), None, OneProcess())
+
+
+def test_a_deepspeed_resume_checks_the_trainable_names_and_shapes(tmp_path):
+    """DeepSpeed's own resume loads non-strictly (the checkpoint holds only the trainable weights), so the
+    engine checks the saved names and full shapes first: another model's checkpoint is one error naming
+    what is missing, unexpected or reshaped; ZeRO-3's partitioned parameters are compared at `ds_shape`."""
+    from src.engine.zero import check_trainable_names
+
+    task = TinyTask()
+    file = tmp_path / "trainable.safetensors"
+    save_file({k: v.contiguous() for k, v in task.trainable_state_dict().items()}, str(file))
+    check_trainable_names(task, file)  # its own checkpoint passes
+
+    save_file({"trained.weight": torch.zeros(2, 3), "other.bias": torch.zeros(2)}, str(file))
+    with pytest.raises(ValueError, match=r"1 missing \(trained\.bias\), 1 unexpected \(other\.bias\), 0 of another"):
+        check_trainable_names(task, file)
+    save_file({"trained.weight": torch.zeros(2, 4), "trained.bias": torch.zeros(2)}, str(file))
+    with pytest.raises(ValueError, match=r"1 of another shape \(trained\.weight \(2, 4\) vs \(2, 3\)\)"):
+        check_trainable_names(task, file)
+    task.trained.weight.data = torch.zeros(0)   # a ZeRO-3 partition: empty locally, its full shape recorded
+    task.trained.weight.ds_shape = torch.Size([2, 4])
+    check_trainable_names(task, file)

@@ -11,7 +11,7 @@ from safetensors.torch import save_file
 
 from src.models.detokenizer import Detokenizer, load_detokenizer, resize_crop_time_ids, sdxl_time_ids
 from src.models.resamplers import ResamplerXL, normalize_features
-from src.tools import convert_seed_detokenizer
+from src.tools.convert import seed_detokenizer as convert_seed_detokenizer
 
 CONFIG_ONLY = Path(__file__).parent / "assets" / "config_only"
 TINY = dict(input_dim=16, dim=32, depth=2, dim_head=8, heads=4, num_latents=8, output1_dim=24, output2_dim=40,

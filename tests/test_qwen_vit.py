@@ -9,7 +9,7 @@ import torch
 from safetensors.torch import save_file
 
 from src.models.qwen_vit import QwenViT, load_qwen_vit
-from src.tools import reload_qwen_vit
+from src.tools.convert import qwen_vit as reload_qwen_vit
 
 # The `visual` section of Qwen-VL-Chat's own config.json (a config-only copy).
 QWEN_VL_CHAT_VISUAL = json.loads(

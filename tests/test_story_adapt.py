@@ -17,7 +17,7 @@ from src.engine.tracking import read_metrics
 RECIPE = "configs/story_adapt/toy.yaml"
 
 
-@pytest.fixture
+@pytest.fixture(scope="session")
 def upstream(seed_runs) -> dict:
     """The session's detokenizer run (stage 1) and the story_sft run (stage 2) that names it."""
     return {"sft": seed_runs["mllm"], "detok": seed_runs["detok"], "data": seed_runs["data"], "out": seed_runs["out"]}

@@ -170,7 +170,7 @@ def test_greedy_is_the_argmax_and_sampling_honours_seed_temperature_and_top_p():
 
 # ---- the tiny trained runs and the entry -------------------------------------------------------------------
 
-@pytest.fixture
+@pytest.fixture(scope="session")
 def runs(seed_runs):
     return seed_runs
 

@@ -1,5 +1,5 @@
-"""`bash scripts/demo.sh seed-story` (scripts/demo_seed_story.sh): the argument dispatch of scripts/demo.sh,
-and the whole chain (stage 1, stage 2, stage 3, val stories scored into a report) with 2-step trainings,
+"""`bash scripts/demo.sh` and `bash scripts/demo.sh seed-story` (scripts/demo_seed_story.sh): the argument
+dispatch of scripts/demo.sh, the StoryGPT-V demo, and the SEED-Story demo's whole chain (stage 1, stage 2, stage 3, val stories scored into a report) with 2-step trainings,
 run by the real scripts in a copy of the repository's layout whose data/ and pretrained/ hold the test
 session's small toy data and tiny stack."""
 from __future__ import annotations
@@ -39,17 +39,6 @@ def test_an_unknown_demo_is_a_usage_error():
     assert proc.stdout == ""
 
 
-def test_the_default_demo_is_still_storygptv():
-    """Without a demo name (or with key=value arguments only) demo.sh runs StoryGPT-V's stages; the SEED-Story
-    chain lives in its own script."""
-    text = (REPO / "scripts" / "demo.sh").read_text()
-    default = text[text.index("source "):]  # what runs once the dispatch has let the arguments through
-    assert "configs/char_ldm/toy.yaml" in default and "python -m src.generate --checkpoint" in default
-    assert "configs/eval/toy.yaml" in default and "seed_story" not in default
-    dispatch = text[text.index('if [ $# -gt 0 ] && [[ "$1" != *=* ]]'):text.index("source ")]
-    assert 'exec bash "$(dirname "$0")/demo_seed_story.sh"' in dispatch
-
-
 def test_a_bad_argument_of_the_seed_story_demo_is_named(tmp_path):
     proc = run_demo(REPO, "seed-story", "fast")
     assert proc.returncode == 2 and "'fast' is not key=value" in proc.stderr
@@ -82,6 +71,7 @@ def demo(demo_root):
     return demo_root, first
 
 
+@pytest.mark.slow
 def test_the_chain_trains_three_stages_and_scores_val_stories(demo):
     root, first = demo
     runs = {"detokenizer": root / "outputs/detokenizer/toy/demo", "story_sft": root / "outputs/story_sft/toy_story/demo",
@@ -118,6 +108,26 @@ def test_the_chain_trains_three_stages_and_scores_val_stories(demo):
     assert first.stdout.strip().splitlines()[-1] == f"report: {root}/outputs/demo_seed_story/report.html"
 
 
+@pytest.mark.slow
+def test_the_default_demo_trains_char_ldm_and_scores_its_test_stories(demo_root):
+    """Without a demo name (key=value arguments only) demo.sh runs StoryGPT-V's demo: Char-LDM trained on
+    data/toy, the test split drawn, the toy protocol's report; no SEED-Story stage runs."""
+    root = demo_root
+    proc = run_demo(root, *TINY, EVAL_ARGS="metrics=[classifier] classifier.epochs=1")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    run = root / "outputs/char_ldm/toy/demo"
+    assert json.loads((run / "summary.json").read_text())["final_step"] == 2
+    assert "task: char_ldm" in (run / "config.yaml").read_text()
+    samples = root / "outputs/demo/samples"
+    generation = json.loads((samples / "generation.json").read_text())
+    test_stories = (root / "data/toy/test.jsonl").read_text().splitlines()
+    assert generation["split"] == "test" and generation["num_stories"] == len(test_stories)
+    assert json.loads((root / "outputs/demo/metrics.json").read_text())["metrics"]["Char-Acc (%)"]["value"] is not None
+    assert not (root / "outputs/story_sft").exists() and not (root / "outputs/detokenizer").exists()
+    assert proc.stdout.strip().splitlines()[-1] == f"report: {root}/outputs/demo/report.html"
+
+
+@pytest.mark.slow
 def test_an_interrupted_stage_continues_from_its_checkpoint(demo):
     """A second call keeps the finished stages (summary.json) and continues one that was stopped before its
     end (no summary.json) from its latest checkpoint."""
