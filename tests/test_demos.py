@@ -1,7 +1,7 @@
 """`bash scripts/demo.sh` and `bash scripts/demo.sh seed-story` (scripts/demo_seed_story.sh): the argument
 dispatch of scripts/demo.sh, the StoryGPT-V demo, and the SEED-Story demo's whole chain (stage 1, stage 2,
-stage 3, val stories scored into a report) with 2-step trainings, run by the real scripts in a copy of the repository's layout whose data/ and pretrained/ hold the test
-session's small toy data and tiny stack."""
+stage 3, val stories scored into a report) with 2-step trainings, run by the real scripts in a copy of the
+repository's layout whose data/ and pretrained/ hold the test session's small toy data and tiny stack."""
 from __future__ import annotations
 
 import json
