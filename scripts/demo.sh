@@ -2,13 +2,13 @@
 # The toy demos, from nothing to a report:
 #   bash scripts/demo.sh [key=value ...]              StoryGPT-V (this file, below)
 #   bash scripts/demo.sh seed-story [key=value ...]   SEED-Story's three stages (scripts/demo_seed_story.sh)
-# The StoryGPT-V demo (about 15 minutes on 2 CPU cores, the install included):
+# The StoryGPT-V demo (meant to fit in 15 minutes on 2 CPU cores; measured: bench/README.md, "Wall-clock
+# times of the toy recipes and demos"):
 #   1. the virtual environment (.venv, re-installed only when requirements.txt changes),
 #   2. the toy dataset (data/toy) and the tiny pretrained stack (pretrained/tiny) if missing,
 #   3. stage-1 Char-LDM training with the toy recipe (configs/char_ldm/toy.yaml; resumed if interrupted),
-#      shortened to 900 steps (about 8.5 minutes on a quiet 2-core machine; the 9.5-minute guard stops it
-#      earlier on a slower one) so that the whole demo fits in 15 minutes; the recipe's full 1400 steps are
-#      `bash scripts/train_char_ldm.sh toy`,
+#      shortened to 900 steps (the 9.5-minute guard stops it earlier on a slower machine); the recipe's
+#      full 1400 steps are `bash scripts/train_char_ldm.sh toy`,
 #   4. the test split's stories drawn with it, 5. the toy metrics and outputs/demo/report.html, which
 #      opens with a summary, the training losses and Char-Acc/BG-Acc of the periodic val samples.
 # Extra key=value arguments go to the training config (e.g. train.max_steps=300); EVAL_ARGS="key=value ..."

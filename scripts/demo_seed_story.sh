@@ -19,7 +19,8 @@
 # Extra key=value arguments go to all three trainings (e.g. train.max_steps=50); EVAL_ARGS="key=value ..."
 # adds protocol overrides to the evaluation (e.g. EVAL_ARGS="story.num_stories=2").
 #
-# Time, install excluded: docs/seed_story.md ("The demo") gives the measured minutes per stage. The guards
+# Time, install excluded: bench/README.md ("Wall-clock times of the toy recipes and demos") gives the
+# measured minutes per stage. The guards
 # (16.5 min of training at most) keep the worst case near 20 minutes.
 source "$(dirname "$0")/_env.sh"
 for arg in "$@"; do

@@ -3,7 +3,7 @@
 # (stage 3, the de-tokenizer adapted to that MLLM) draws their frames.
 #   bash scripts/generate_story.sh MLLM_RUN DETOKENIZER_RUN SPLIT OUT_DIR [--mode story|vis] [--beats N]
 #        [--context dense|window|sink|multimodal_sink] [--sink-images N|all] [--temperature T] [--top-p P] [--seed S] ...
-# Every option: python -m src.generate_story --help (docs/seed_story.md, "Generation").
+# Every option: python -m src.generate_story --help (docs/seed_story_implementation.md, "Generation").
 source "$(dirname "$0")/_env.sh"
 if [ $# -lt 4 ]; then
   echo "usage: bash scripts/generate_story.sh MLLM_RUN DETOKENIZER_RUN SPLIT OUT_DIR [options]" >&2

@@ -1,7 +1,7 @@
 """How every command-line entry reports a bad input: one line on stderr, exit status 2.
 
-Each entry (`src.train`, `src.generate`, `eval.run`, `src.data.prepare`, `src.data.check`,
-`src.tools.convert.storygptv_ldm`) ends with `sys.exit(run_entry(main))`. `main(argv)` raises; this
+Every entry (`src.train`, `src.generate`, `src.generate_story`, `eval.run`, `src.data.prepare`, the tools
+under `src.tools`, ...; docs/architecture.md, "Errors") ends with `sys.exit(run_entry(main))`. `main(argv)` raises; this
 wrapper decides what the user sees:
 
 - the project's own errors (below) become `error: <message>` on one line, exit status 2. Their messages

@@ -11,7 +11,8 @@ from src.tools.tiny.vae import load_character_masks, load_frames, reconstruction
 
 # The session's tiny stack (conftest: 48 train stories, 60 VAE steps) reconstructs the val frames at
 # 11.4 dB PSNR, 9.7 dB on character pixels; an untrained VAE gives 8.6-9.5 and 6.5-6.8 dB (3 seeds).
-# The full build (configs/pretrained/tiny.yaml on data/toy) gives 22.2 dB (README.md, "Toy recipe").
+# The full build (configs/pretrained/tiny.yaml on data/toy): docs/results_storygpt_v.md, "Ceilings of the
+# toy setup".
 VAE_FLOOR_DB = 10.5
 CHAR_FLOOR_DB = 8.5
 

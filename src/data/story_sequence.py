@@ -1,4 +1,4 @@
-"""SEED-Story stage 2's interleaved story sequence, its masks and labels (docs/seed_story.md, "decode_long_story_data").
+"""SEED-Story stage 2's interleaved story sequence, its masks and labels (docs/seed_story_implementation.md, "Stage 2: the MLLM").
 
 A sample is beats first..last of a story; each beat is its text then its image block:
 

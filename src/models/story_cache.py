@@ -16,7 +16,7 @@ depends on the mode:
                    `sink_images` bounds how many evicted images keep theirs (the most recently evicted;
                    older fragments go, the first tokens stay): the release keeps every one, so its cache
                    grows by about 24 tokens per evicted beat and, in a long enough story, outgrows the
-                   sequence length stage 2 trained on (docs/seed_story.md, "Context modes")
+                   sequence length stage 2 trained on (docs/seed_story_implementation.md, "Context modes")
 
 Positions: the cache always holds positions 0..n-1 in order (StreamingLLM's "positions within the
 cache"). Evicting re-rotates every kept key from its old position p to its new one p': RoPE rotations
@@ -51,7 +51,7 @@ class SinkSettings:
     after_eoi: int = 4
     sink_images: Optional[int] = 1      # multimodal_sink: evicted images that keep their head and tail, the
                                         # most recent (None: every one, as released; 1: chosen on toy val,
-                                        # docs/seed_story.md "Context modes")
+                                        # docs/seed_story_implementation.md "Context modes")
 
 
 @dataclass(frozen=True)

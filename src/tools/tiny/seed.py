@@ -1,4 +1,4 @@
-"""SEED-Story's pieces of the tiny pretrained stack (DESIGN.md, "The embedded default"), built on first use
+"""SEED-Story's pieces of the tiny pretrained stack (docs/architecture.md, "Assets"), built on first use
 next to the SD 1.5 stack of src.tools.tiny.stack:
 
     <tiny>/sdxl/             an SDXL-layout diffusers folder: UNet with `text_time` added conditioning
@@ -39,8 +39,8 @@ TINY_VISUAL = {"image_size": 64, "patch_size": 8, "width": 64, "layers": 2, "hea
                "output_dim": 128, "n_queries": 64}
 # SDXL's conditioning at toy widths: cross-attention 64 = 32 (first encoder) + 32 (second, also pooled).
 TINY_POOLED_DIM, TINY_TIME_EMBED_DIM = 32, 8
-# 2000 steps (about 1 min): a linear probe then names the character set of 96.7% of val frames (400 steps:
-# 77.1%), and the toy de-tokenizer trained on its features reconstructs more of them (docs/seed_story.md).
+# 2000 steps: a linear probe then names the character set of 96.7% of val frames (400 steps:
+# 77.1%), and the toy de-tokenizer trained on its features reconstructs more of them (docs/results_seed_story.md).
 VIT_TRAIN = {"steps": 2000, "batch_size": 32, "lr": 1e-3, "seed": 0}
 
 
@@ -178,7 +178,7 @@ def ensure_tiny_seed(out_dir, data_root, seed: int = 0, vit_steps: int | None = 
             # Kept, not rebuilt: runs already trained on this tokenizer's features stay valid.
             print(f"note: {out_dir / VIT_RECORD}: this tokenizer trained {built.get('steps')} steps, the "
                   f"current recipe {VIT_TRAIN['steps']}; delete {out_dir / VIT_RECORD} to rebuild it "
-                  "(docs/seed_story.md's figures are for the current one)", flush=True)
+                  "(docs/results_seed_story.md's figures are for the current one)", flush=True)
         return out_dir
     with FileLock(str(out_dir.parent / f".{out_dir.name}.seed.lock")):
         if is_complete(out_dir):

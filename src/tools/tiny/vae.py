@@ -1,5 +1,5 @@
 """The tiny stack's AutoencoderKL: SD's VAE type at toy widths, briefly trained on toy frames so that
-its latents carry the picture (DESIGN.md, "The embedded default").
+its latents carry the picture (docs/architecture.md, "Assets").
 
 SD 1.5's VAE downsamples by 8; the tiny one by 4, so 64 px frames give 16x16x4 latents. Training is
 the LDM autoencoder recipe without the adversarial and perceptual terms (Rombach et al. 2022, Sec. 3):
