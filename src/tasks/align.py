@@ -32,6 +32,7 @@ import torch
 import torch.nn.functional as F
 
 from src.data.datasets import StoryDataset
+from src.data.transforms import pil_bicubic_center_crop
 from src.models.character_encoder import CharacterImageEncoder
 from src.models.llm_with_image_tokens import LLMWithImageTokens
 from src.models.mappers import GILLMapper, ImageToTokens
@@ -81,24 +82,33 @@ class AlignModelConfig:
     diffusion_weight: float = 0.0             # released v2: denoising loss through the frozen Char-LDM UNet
     val_stories: int = 0                      # validation: the first N val stories (0: all)
     first_frame: str = "char_ldm"             # inference: frame 0 from char_ldm (released) | llm (paper)
+    # Release modes (docs/fidelity.md, "StoryGPT-V"); the converter of the released weights selects them:
+    inference_prompt: str = "ours"            # ours: "... Image:" then [IMG0] at inference as in training |
+    #                                           release: "... Image: " (a lone space token before [IMG0], eval_llm.py)
+    frame_preprocess: str = "ours"            # earlier frames for the vision tower: ours, a float bilinear resize |
+    #                                           release: CLIP's image processor (PIL bicubic, centre crop)
+    pronoun_start_merge_step: int = 0         # pronoun frames: text-only steps before the LLM output (release: 1)
 
 
 CHOICES = {"llm_mode": ("frozen", "lora", "full"), "ce_tokens": ("img", "all"), "align_loss": ("mse", "l2"),
-           "target": ("fuse", "text"), "first_frame": ("char_ldm", "llm"),
+           "target": ("fuse", "text"), "first_frame": ("char_ldm", "llm"), "inference_prompt": ("ours", "release"),
+           "frame_preprocess": ("ours", "release"),
            "llm_dtype": ("float32", "bfloat16", "float16")}
 
 
 def story_prompt(captions: list[str], target: int, image_tokens: list, img_ids: list[int],
-                 interleave: bool = True) -> list:
+                 interleave: bool = True, image_space: bool = False) -> list:
     """The interleaved prompt for `target` as pieces for LLMWithImageTokens.assemble: strings, the
-    soft tokens of frame i (`image_tokens[i]`) and the [IMG] ids (docs/storygpt_v_stage2.md, gill/data.py)."""
+    soft tokens of frame i (`image_tokens[i]`) and the [IMG] ids (docs/storygpt_v_stage2.md, gill/data.py).
+    `image_space`: end the text with "Image: " as the release's inference does (eval_llm.py; its training
+    prompt, gill/data.py, has no space token before [IMG0])."""
     pieces = []
     for i in range(target):
         if interleave:
             pieces += [" Image: <img>", image_tokens[i], f"</img> Caption: {captions[i]}"]
         else:
             pieces.append(f" Caption: {captions[i]}")
-    pieces += [f" Caption: {captions[target]} Image:", list(img_ids)]
+    pieces += [f" Caption: {captions[target]} Image:" + (" " if image_space else ""), list(img_ids)]
     return pieces
 
 
@@ -212,28 +222,35 @@ class AlignTask(Task):
     def frame_tokens(self, pixel_values: torch.Tensor) -> torch.Tensor:
         """[N,3,H,W] in [-1,1] -> soft tokens [N,K,D] (frozen tower, trained linear)."""
         size = self.vision.image_size
-        pixels = (pixel_values.float() + 1) / 2
-        if pixels.shape[-1] != size:
-            pixels = F.interpolate(pixels, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
+        if self.cfg.model.frame_preprocess == "release":
+            pixels = pil_bicubic_center_crop(pixel_values, size)
+        else:
+            pixels = (pixel_values.float() + 1) / 2
+            if pixels.shape[-1] != size:
+                pixels = F.interpolate(pixels, size=(size, size), mode="bilinear", antialias=True,
+                                       align_corners=False)
         with torch.no_grad():
             pooled = self.vision.pooled(pixels.to(self.visual_tokens.proj.weight.device))
         return self.visual_tokens(pooled.to(self.visual_tokens.proj.weight.dtype))
 
-    def fit_prompt(self, captions: list[str], target: int, tokens: list) -> list:
+    def fit_prompt(self, captions: list[str], target: int, tokens: list, inference: bool = False) -> list:
         """The prompt, with the earliest frames dropped while it is longer than model.max_length."""
         m, ids = self.cfg.model, self.llm.image_token_ids
+        space = inference and m.inference_prompt == "release"
         first = 0
         while True:
-            pieces = story_prompt(captions[first:], target - first, tokens[first:], ids, m.interleave)
+            pieces = story_prompt(captions[first:], target - first, tokens[first:], ids, m.interleave, space)
             length = 1 + sum(p.shape[0] if torch.is_tensor(p) else
                              len(self.llm.text_ids(p)) if isinstance(p, str) else len(p) for p in pieces)
             if length <= m.max_length or first == target:
                 return pieces
             first += 1
 
-    def condition(self, captions: list[list[str]], targets: list[int], frame_tokens: list) -> dict:
-        """Mapper output [B,L,E] for the given target frames, plus what the losses need."""
-        prompts = [self.fit_prompt(c, t, tok) for c, t, tok in zip(captions, targets, frame_tokens)]
+    def condition(self, captions: list[list[str]], targets: list[int], frame_tokens: list,
+                  inference: bool = False) -> dict:
+        """Mapper output [B,L,E] for the given target frames, plus what the losses need (`inference`:
+        drawing a story, where model.inference_prompt applies)."""
+        prompts = [self.fit_prompt(c, t, tok, inference) for c, t, tok in zip(captions, targets, frame_tokens)]
         embeds, ids, mask = self.llm.assemble(prompts)
         hidden = self.llm(embeds, mask)
         is_img = ids >= self.llm.vocab_size

@@ -8,6 +8,8 @@ The baseline LDM (src/tasks/ldm.py) plus
   - conditioning dropout: empty caption / text-only / fused;
   - delayed conditioning at sampling (text-only for the first `start_merge_step` steps, FastComposer).
 `character_conditioning: false` turns all of it off: the task is then exactly the baseline LDM.
+Where the released code does something else, the release's behaviour is one `model:` key away (the
+"release" values below; docs/fidelity.md), and the converter of the released weights selects it.
 
 Shapes: B batch, L=77 tokens, D text width (= image projection width), M character slots per frame,
 R reference size, c×h×w latents, H×W frames.
@@ -27,10 +29,11 @@ from src.data.datasets import CharacterFrameDataset, collate_frames
 from src.data.references import augment_references, fixed_references
 from src.data.stories import read_meta
 from src.models.attention_control import (AttentionStore, attention_control_loss, install_processors,
-                                          name_token_weights)
+                                          name_token_weights, union_mask)
 from src.models.character_encoder import CharacterImageEncoder
 from src.models.fuse import FuseModule
-from src.models.name_tokens import name_patterns, name_token_positions
+from src.models.name_tokens import (name_patterns, name_token_positions, release_input_ids, release_sampling_marks,
+                                    release_training_marks)
 from src.tasks.ldm import LDMModelConfig, LDMTask
 
 
@@ -58,11 +61,22 @@ class CharLDMModelConfig(LDMModelConfig):
     mask_loss_prob: float = 0.3           # MSE restricted to the characters' union mask on this share of batches
     fixed_reference_prob: float = 0.0     # train with the dataset's fixed chars/ reference instead of the crop
     reference_augment: ReferenceAugmentConfig = field(default_factory=ReferenceAugmentConfig)
-    start_merge_step: int = 15            # sampling: text-only conditioning for this many steps, fused after
+    start_merge_step: int = 16            # sampling: text-only conditioning for this many steps, fused after
+    # (the release's --start_merge_step N samples N + 1 text-only steps: `i <= N`, models/pipeline.py)
+    # Release modes (docs/fidelity.md, "StoryGPT-V"):
+    name_tokens: str = "ours"             # ours: every piece of a name, one slot per name | release: the last
+    #                                       piece of a name word, a slot per occurrence (src/models/name_tokens.py)
+    fuse_names_at_sampling: bool = True   # false: sampling fuses no name (the release's PororoSV inference)
+    reference_preprocess: str = "ours"    # ours: exact square, float resize | release: d//2 padding, 8-bit resize
+    attention_loss: str = "ours"          # ours: mean over the batch's characters | release: per-frame mean
+    mask_loss_antialias: bool = True      # false: the release's plain bilinear resize of the union mask
+    text_only_max_characters: int = -1    # -1: any frame may be text-only | release: 1 (frames with <= 1 segment)
 
 
 class CharLDMTask(LDMTask):
     ModelConfig = CharLDMModelConfig
+    model_choices = {"name_tokens": ("ours", "release"), "reference_preprocess": ("ours", "release"),
+                     "attention_loss": ("ours", "release")}
 
     def __init__(self, cfg, components: Optional[dict] = None):
         super().__init__(cfg, components)
@@ -96,7 +110,7 @@ class CharLDMTask(LDMTask):
     def fixed_references(self) -> dict:
         if self._fixed_refs is None:
             self._fixed_refs = fixed_references(self.cfg.data.root, read_meta(self.cfg.data.root),
-                                                self.image_encoder.image_size)
+                                                self.image_encoder.image_size, self.cfg.model.reference_preprocess)
         return self._fixed_refs
 
     def find_names(self, caption: str) -> list:
@@ -118,12 +132,40 @@ class CharLDMTask(LDMTask):
         return CharacterFrameDataset(self.cfg.data.root, "train", self.cfg.data.image_size,
                                      self.image_encoder.image_size, caption_field=self.cfg.data.caption_field)
 
+    def training_token_slots(self, caption: str, names: list[str]) -> torch.Tensor:
+        """[L] long: a name's slot is its index in the frame's annotated characters `names`."""
+        if self.cfg.model.name_tokens == "release":
+            token_char = torch.full((self.tokenizer.model_max_length,), -1, dtype=torch.long)
+            for slot, position in release_training_marks(self.tokenizer, caption, names,
+                                                         self.tokenizer.model_max_length,
+                                                         self.cfg.model.max_characters):
+                token_char[position] = slot
+            return token_char
+        return self.token_slots(self.find_names(caption), {name: j for j, name in enumerate(names)})
+
+    def sampling_slots(self, caption: str) -> tuple[torch.Tensor, list[str]]:
+        """([L] token -> slot, the character of each slot) for drawing `caption`: ours, one slot per named
+        character in order of first mention (at most model.max_characters); release, one slot per marked
+        occurrence, uncapped (models/data.py EvalStoryDataset); none with fuse_names_at_sampling false."""
+        m, length = self.cfg.model, self.tokenizer.model_max_length
+        token_char = torch.full((length,), -1, dtype=torch.long)
+        if not m.fuse_names_at_sampling:
+            return token_char, []
+        if m.name_tokens == "release":
+            names = [c["name"] for c in read_meta(self.cfg.data.root)["characters"]]
+            marks = release_sampling_marks(self.tokenizer, caption, names, length)
+            for slot, (_, position) in enumerate(marks):
+                token_char[position] = slot
+            return token_char, [name for name, _ in marks]
+        found = self.find_names(caption)
+        order = list(dict.fromkeys(name for name, _ in found))[: m.max_characters]
+        return self.token_slots(found, {n: j for j, n in enumerate(order)}), order
+
     def collate(self, items):
         batch = collate_frames(items)
-        if self.character_conditioning:  # a name's slot is its index in the frame's annotated characters
-            batch["token_char"] = torch.stack([
-                self.token_slots(self.find_names(caption), {name: j for j, name in enumerate(names)})
-                for caption, names in zip(batch["caption"], batch["characters"])])
+        if self.character_conditioning:
+            batch["token_char"] = torch.stack([self.training_token_slots(caption, names)
+                                               for caption, names in zip(batch["caption"], batch["characters"])])
         return batch
 
     def example_batch(self, batch_size: int, device) -> dict:
@@ -182,14 +224,19 @@ class CharLDMTask(LDMTask):
         empty = draw < m.caption_dropout
         fused = draw >= m.caption_dropout + m.text_only_prob
         named = F.one_hot(token_char + 1, num_slots + 1)[..., 1:].amax(1).bool()       # [B,M]
+        if m.text_only_max_characters >= 0:  # release: a frame with more segments stays fused (models/data.py)
+            fused = fused | (~empty & (named.sum(1) > m.text_only_max_characters))
         char_embeds = self.encode_references(batch, named & fused[:, None])
         states = torch.where(empty[:, None, None], null_states.expand_as(text_states), text_states)
         encoder_hidden_states = self.fuse(states, char_embeds, torch.where(fused[:, None], token_char, -1))
 
         noise, timesteps, noisy_latents = self.add_training_noise(latents)
 
-        # Eq. 2-3 on every frame whose caption still names a character that has a mask.
+        # Eq. 2-3 on every frame whose caption still names a character that has a mask (release: only
+        # fused frames; its text-only frames have no segments left).
         attend = named & (char_masks.flatten(2).amax(-1) > 0) & ~empty[:, None]
+        if m.attention_loss == "release":
+            attend = attend & fused[:, None]
         record = m.attention_loss_weight > 0  # (a frame with no valid character adds 0; no host sync here)
         if record:
             self.attention_store.start(name_token_weights(torch.where(empty[:, None], -1, token_char), num_slots))
@@ -200,11 +247,11 @@ class CharLDMTask(LDMTask):
         target = self.diffusion_target(latents, noise, timesteps)
 
         if m.mask_loss_prob > 0 and float(torch.rand(())) < m.mask_loss_prob:
-            union = F.interpolate(char_masks.amax(1, keepdim=True), size=latents.shape[-2:], mode="bilinear",
-                                  antialias=True, align_corners=False).to(model_pred.dtype)
+            union = union_mask(char_masks, latents.shape[-2:], m.mask_loss_antialias).to(model_pred.dtype)
             model_pred, target = model_pred * union, target * union
         mse = self.diffusion_loss(model_pred, target, timesteps)
-        attention = attention_control_loss(maps, char_masks, attend) if record else mse.new_zeros(())
+        attention = (attention_control_loss(maps, char_masks, attend, per_frame=m.attention_loss == "release")
+                     if record else mse.new_zeros(()))
         loss = mse + m.attention_loss_weight * attention
         return {"loss": loss, "mse": mse.detach(), "attention": attention.detach()}
 
@@ -222,24 +269,28 @@ class CharLDMTask(LDMTask):
 
     @torch.no_grad()
     def condition(self, captions: list[str], ref_embeds: dict) -> tuple[torch.Tensor, torch.Tensor]:
-        """(text-only, fused) encoder states [B,L,D] for sampling; slots in order of first mention."""
+        """(text-only, fused) encoder states [B,L,D] for sampling (slots: `sampling_slots`)."""
         text_states = self.encode_text(captions)
         token_char, embeds = [], []
         for caption in captions:
-            found = self.find_names(caption)
-            order = list(dict.fromkeys(name for name, _ in found))[: self.cfg.model.max_characters]
-            missing = [n for n in order if n not in ref_embeds]
+            slots, names = self.sampling_slots(caption)
+            missing = sorted({n for n in names if n not in ref_embeds})
             if missing:
                 raise ValueError(f"{self.cfg.data.root}/meta.json: no reference image for {missing}, named in "
                                  f"the caption {caption!r} (add 'reference' to those characters)")
-            token_char.append(self.token_slots(found, {n: j for j, n in enumerate(order)}))
-            embeds.append([ref_embeds[n] for n in order])
+            token_char.append(slots)
+            embeds.append([ref_embeds[n] for n in names])
+        named_states = text_states
+        if self.cfg.model.name_tokens == "release":  # the release encodes its own ids for the fused states
+            length = self.tokenizer.model_max_length
+            ids = torch.tensor([release_input_ids(self.tokenizer, c, length) for c in captions])
+            named_states = self.text_encoder(ids.to(self.text_encoder.device))[0]
         slots = max(1, max(len(e) for e in embeds))
         char_embeds = text_states.new_zeros(len(captions), slots, text_states.shape[-1])
         for b, row in enumerate(embeds):
             for j, embed in enumerate(row):
                 char_embeds[b, j] = embed
-        fused = self.fuse(text_states, char_embeds, torch.stack(token_char).to(text_states.device))
+        fused = self.fuse(named_states, char_embeds, torch.stack(token_char).to(text_states.device))
         return text_states, fused
 
     def generation_meta(self) -> dict:
@@ -248,24 +299,18 @@ class CharLDMTask(LDMTask):
         return {"task": "char_ldm", "start_merge_step": self.cfg.model.start_merge_step,
                 "references": "meta.json fixed references (chars/)"}
 
-    def drawer(self, pipe):
+    def drawer(self, pipe, output_type: str = "pil"):
+        """`draw(captions, generators)` -> images (PIL; "latent": the final latents [B,c,h,w])."""
         if not self.character_conditioning:
             return super().drawer(pipe)
+        from src.pipelines.storygptv import draw_frames
+
         s, merge = self.cfg.sample, self.cfg.model.start_merge_step
         ref_embeds = self.reference_embeddings()
 
         def draw(captions, generators):
             text_states, fused = self.condition(captions, ref_embeds)
             null = self.encode_text([""] * len(captions))
-            cfg_on = s.guidance_scale > 1
-
-            def delayed_conditioning(pipeline, i, t, tensors):  # after step i: fused from step `merge` on
-                if i + 1 == merge:
-                    return {"prompt_embeds": torch.cat([null, fused]) if cfg_on else fused}
-                return {}
-            return pipe(prompt_embeds=text_states if merge > 0 else fused, negative_prompt_embeds=null,
-                        height=self.cfg.data.image_size, width=self.cfg.data.image_size,
-                        num_inference_steps=s.num_inference_steps, guidance_scale=s.guidance_scale,
-                        guidance_rescale=s.guidance_rescale, generator=generators, output_type="pil", callback_on_step_end=delayed_conditioning,
-                        callback_on_step_end_tensor_inputs=["prompt_embeds"]).images
+            return draw_frames(pipe, text_states, fused, null, merge, s, self.cfg.data.image_size, generators,
+                               output_type=output_type)
         return draw
