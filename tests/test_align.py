@@ -378,6 +378,8 @@ def test_the_converter_maps_the_gill_key_layout(overrides, llms, llm, tmp_path, 
         assert not converted.llm.image_output.any()
     trainer = json.loads((out / "checkpoints" / "step_000000" / "trainer_state.json").read_text())
     assert trainer["conversion"]["dropped_retrieval_head"] == 5
+    m = converted.cfg.model  # the saved config runs the released weights the release's way (docs/fidelity.md)
+    assert (m.inference_prompt, m.frame_preprocess, m.pronoun_start_merge_step) == ("release", "release", 1)
     assert main(["--src", str(tmp_path / "pretrained_ckpt.pth.tar"), "--out", str(tmp_path / "full"), "--config",
                  RECIPE, *overrides, f"model.llm={llms}/{llm}"]) == 2   # the toy recipe trains its LLM whole
     assert "model.llm_mode=full; the released weights are frozen-mode" in capsys.readouterr().err

@@ -103,7 +103,8 @@ def test_shipped_ldm_recipes_validate(name):
     if name != "toy":  # the paper's real-data values (docs/storygpt_v.md)
         assert (cfg.data.image_size, cfg.optim.lr, cfg.train.batch_size, cfg.train.mixed_precision) == \
             (512, 1e-5, 32, "bf16")
-        assert (cfg.model.attention_loss_weight, cfg.model.mask_loss_prob, cfg.model.start_merge_step) == (1e-3, 0.3, 15)
+        # start_merge_step counts text-only steps: the release's "--start_merge_step 15" runs 16 (i <= 15)
+        assert (cfg.model.attention_loss_weight, cfg.model.mask_loss_prob, cfg.model.start_merge_step) == (1e-3, 0.3, 16)
         assert cfg.model.image_encoder_trainable_layers == 2
 
 

@@ -240,3 +240,28 @@ def test_config_is_checked_and_saved_for_generate(source, tmp_path, capsys):
     assert code == 0, capsys.readouterr().err
     assert run_folder_of(out / "checkpoints" / "step_000000") == out.resolve()
     assert f"image_encoder_trainable_layers: {K}" in (out / "config.yaml").read_text()
+
+
+def test_saved_config_selects_the_release_modes_unless_told_not_to(source, tmp_path):
+    """Released weights run as the release ran them (docs/fidelity.md): the saved config carries the
+    release's name tokens, references and losses, and for PororoSV no fused names at sampling; the
+    recipe's own choices with --no-release-modes; an override wins over both."""
+    from src.config import load_config
+
+    _, src = source
+    layers = f"model.image_encoder_trainable_layers={K}"
+    out = tmp_path / "release"
+    assert main(["--src", str(src), "--out", str(out), "--config", str(REPO / "configs/ldm/toy.yaml"), layers,
+                 "model.attention_loss=ours"]) == 0
+    m = load_config(out / "config.yaml").model
+    assert (m.name_tokens, m.reference_preprocess, m.mask_loss_antialias, m.text_only_max_characters,
+            m.fuse_names_at_sampling, m.attention_loss) == ("release", "release", False, 1, True, "ours")
+    out = tmp_path / "pororo"
+    assert main(["--src", str(src), "--out", str(out), "--config", str(REPO / "configs/ldm/toy.yaml"), layers,
+                 "data.name=pororo"]) == 0
+    assert load_config(out / "config.yaml").model.fuse_names_at_sampling is False
+    out = tmp_path / "ours"
+    assert main(["--src", str(src), "--out", str(out), "--config", str(REPO / "configs/ldm/toy.yaml"), layers,
+                 "--no-release-modes"]) == 0
+    m = load_config(out / "config.yaml").model
+    assert (m.name_tokens, m.reference_preprocess, m.attention_loss) == ("ours", "ours", "ours")

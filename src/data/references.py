@@ -44,10 +44,28 @@ def crop_reference(frame: torch.Tensor, mask: torch.Tensor, size: int) -> tuple[
             (_resize(_pad_to_square(crop_mask), size) > 0.5).float())
 
 
-def load_reference(path: Path, size: int) -> torch.Tensor:
-    """A fixed reference image -> [3,R,R] in [0,1] (square-padded, resized)."""
+def _release_pad_to_square(image: torch.Tensor) -> torch.Tensor:
+    """The released code's PadToSquare (models/transforms.py): (long - short) // 2 zeros on *both* sides,
+    so an odd difference leaves the image one pixel short of square (the resize then stretches it)."""
+    h, w = image.shape[-2:]
+    if h > w:
+        return F.pad(image, ((h - w) // 2, (h - w) // 2, 0, 0))
+    return F.pad(image, (0, 0, (w - h) // 2, (w - h) // 2))
+
+
+def load_reference(path: Path, size: int, mode: str = "ours") -> torch.Tensor:
+    """A fixed reference image -> [3,R,R] in [0,1] (square-padded, resized).
+
+    mode "ours": an exact square, resized in floats. "release" (models/transforms.py get_object_transforms
+    with --no_object_augmentation, as evaluation runs it): the release's padding, the 8-bit image resized
+    (bilinear, antialiased) and rounded back to 8 bits, then / 255."""
     image = load_frame(path, None)  # [-1,1], own size
-    return _resize(_pad_to_square((image + 1) / 2), size).clamp(0, 1)
+    if mode == "ours":
+        return _resize(_pad_to_square((image + 1) / 2), size).clamp(0, 1)
+    if mode != "release":
+        raise ValueError(f"reference preprocessing '{mode}' is not one of ours, release")
+    levels = ((image + 1) * 127.5).round()  # the stored 8-bit values, exactly
+    return _resize(_release_pad_to_square(levels), size).round().clamp(0, 255) / 255
 
 
 def reference_from_image(image, size: int) -> torch.Tensor:
@@ -124,8 +142,9 @@ def noise_background(pixels: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
     return pixels * masks + torch.rand(pixels.shape).to(pixels) * (1 - masks)
 
 
-def fixed_references(root, meta: dict, size: int) -> dict[str, torch.Tensor]:
-    """{character name: [3,R,R]} for every character whose meta.json entry has a `reference`."""
+def fixed_references(root, meta: dict, size: int, mode: str = "ours") -> dict[str, torch.Tensor]:
+    """{character name: [3,R,R]} for every character whose meta.json entry has a `reference`
+    (`mode`: load_reference's)."""
     refs = {}
     for character in meta["characters"]:
         if character.get("reference"):
@@ -133,5 +152,5 @@ def fixed_references(root, meta: dict, size: int) -> dict[str, torch.Tensor]:
             if not path.is_file():
                 raise FileNotFoundError(f"{Path(root) / 'meta.json'}: reference of '{character['name']}' "
                                         f"not found: {path}")
-            refs[character["name"]] = load_reference(path, size)
+            refs[character["name"]] = load_reference(path, size, mode)
     return refs

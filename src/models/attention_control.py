@@ -6,7 +6,8 @@ inside the character's segmentation mask:
 
     loss_k = mean_{outside M_k} A_k  -  mean_{inside M_k} A_k
 
-averaged over valid characters, batch, heads and layers (a lower loss = attention inside the mask).
+averaged over valid characters, batch, heads and layers (a lower loss = attention inside the mask; the
+released code's per-frame average is `per_frame=True`).
 The processors are diffusers attention processors: the UNet itself is not modified.
 
 Shapes: B batch, h heads, S = H_l*W_l pixels of a layer, L tokens, M characters per frame.
@@ -110,12 +111,16 @@ def name_token_weights(token_char: torch.Tensor, num_chars: int) -> torch.Tensor
     return onehot / onehot.sum(dim=1, keepdim=True).clamp(min=1)
 
 
-def attention_control_loss(maps: list[torch.Tensor], char_masks: torch.Tensor, char_valid: torch.Tensor) -> torch.Tensor:
-    """Eq. 2-3: mean attention outside the mask minus mean inside, over valid characters, batch, heads
-    and layers. Zero (with a graph) when no character is valid."""
+def attention_control_loss(maps: list[torch.Tensor], char_masks: torch.Tensor, char_valid: torch.Tensor,
+                           per_frame: bool = False) -> torch.Tensor:
+    """Eq. 2-3: mean attention outside the mask minus mean inside, averaged over layers and heads and
+    either over the batch's valid characters (default; zero, with a graph, when none is valid) or, with
+    `per_frame` (the released code, models/model.py get_reg_loss_layer), over each frame's own valid
+    characters and then over frames, a frame without one counting 0; its 1e-5 guards are kept there."""
     if not maps:
         raise ValueError("attention_control_loss: no attention maps were recorded")
     valid = char_valid.float()                                                # [B,M]
+    eps = 1e-5 if per_frame else 0.0
     losses = []
     for attn in maps:                                                         # [B,h,S,M]
         side = math.isqrt(attn.shape[2])
@@ -124,8 +129,21 @@ def attention_control_loss(maps: list[torch.Tensor], char_masks: torch.Tensor, c
         mask = F.interpolate(char_masks.float(), size=(side, side), mode="bilinear", antialias=True,
                              align_corners=False).flatten(2).transpose(1, 2)  # [B,S,M]
         mask = mask.unsqueeze(1).to(attn.dtype)                               # [B,1,S,M]
-        inside = (attn * mask).sum(2) / mask.sum(2).clamp(min=1e-6)           # [B,h,M]
-        outside = (attn * (1 - mask)).sum(2) / (1 - mask).sum(2).clamp(min=1e-6)
+        inside = (attn * mask).sum(2) / (mask.sum(2) + eps).clamp(min=1e-6)   # [B,h,M]
+        outside = (attn * (1 - mask)).sum(2) / ((1 - mask).sum(2) + eps).clamp(min=1e-6)
         per_char = (outside - inside).mean(1)                                 # [B,M]
-        losses.append((per_char * valid).sum() / valid.sum().clamp(min=1))
+        if per_frame:
+            losses.append(((per_char * valid).sum(1) / (valid.sum(1) + eps)).mean())
+        else:
+            losses.append((per_char * valid).sum() / valid.sum().clamp(min=1))
     return torch.stack(losses).mean()
+
+
+def union_mask(char_masks: torch.Tensor, size, antialias: bool = True) -> torch.Tensor:
+    """[B,M,H,W] character masks -> [B,1,h,w]: their union resized to the latents (the mask-restricted
+    loss). `antialias` false: the released code's plain bilinear resize of `(masks.sum(1) > 0)`."""
+    if antialias:
+        union = char_masks.amax(1, keepdim=True)
+    else:
+        union = (char_masks.sum(1, keepdim=True) > 0).to(char_masks.dtype)
+    return F.interpolate(union, size=tuple(size), mode="bilinear", antialias=antialias, align_corners=False)

@@ -6,7 +6,9 @@ Shapes: N reference images, R the tower's input size, P its projection width.
 """
 from __future__ import annotations
 
+import numpy as np
 import torch
+from PIL import Image
 from torch import nn
 from transformers import CLIPVisionModelWithProjection
 from transformers.utils import logging as hf_logging
@@ -55,3 +57,22 @@ class CharacterImageEncoder(nn.Module):
 
     def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
         return self.visual_projection(self.pooled(pixel_values))
+
+
+def clip_processor_pixels(frames: torch.Tensor, size: int) -> torch.Tensor:
+    """[N,3,H,W] frames in [-1,1] (8-bit images) -> [N,3,size,size] in [0,1] the way CLIP's image processor
+    prepares a PIL image (transformers' CLIPImageProcessor with PIL, as StoryGPT-V's stage 2 ran it):
+    the shorter side resized to `size` with PIL's bicubic filter (the longer side int(size * long / short)),
+    then the centre `size` x `size` crop, / 255."""
+    out = []
+    for frame in frames:
+        levels = ((frame.float().cpu() + 1) * 127.5).round().clamp(0, 255).to(torch.uint8)
+        image = Image.fromarray(levels.permute(1, 2, 0).numpy())
+        width, height = image.size
+        short, long = min(width, height), max(width, height)
+        resized = (size, int(size * long / short)) if width <= height else (int(size * long / short), size)
+        image = image.resize(resized, Image.Resampling.BICUBIC)
+        left, top = (image.width - size) // 2, (image.height - size) // 2
+        image = image.crop((left, top, left + size, top + size))
+        out.append(torch.from_numpy(np.asarray(image, dtype=np.float32)).permute(2, 0, 1) / 255)
+    return torch.stack(out).to(frames.device)

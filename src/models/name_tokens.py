@@ -68,3 +68,71 @@ def name_token_positions(tokenizer, caption: str, patterns, max_length: int) -> 
         if positions:
             found.append((name, positions))
     return found
+
+
+# ---- the released code's marking (model.name_tokens: release) -------------------------------------
+# StoryGPT-V's data code (models/data.py) inserts an `<|image|>` token after a name word, tokenizes, removes
+# it again and marks the token before it: only the *last* BPE piece of the word, one mark (and one
+# character slot) per occurrence. Words are the caption's space-separated pieces, punctuation included.
+
+def _word_end_position(tokenizer, words: list[str], index: int) -> int:
+    """Position (in the ids with the start token at 0) of the last BPE piece of `words[index]`."""
+    return _num_tokens(tokenizer, " ".join(words[:index + 1]))
+
+
+def release_sampling_marks(tokenizer, caption: str, names: Iterable[str], max_length: int) -> list[tuple[str, int]]:
+    """[(canonical name, position)] one per occurrence, in caption order, as the release samples
+    (models/data.py EvalStoryDataset.prepare_data_batch): a space-separated word is a name only when it is,
+    lower-cased, one of the names ("Fred" yes; "Fred." and "Fred's" no; a two-word name never). Marks
+    at or beyond `max_length` are cut, as the release truncates its mask."""
+    by_lower = {name.lower(): name for name in names}
+    words = caption.split(" ")
+    marks = []
+    for index, word in enumerate(words):
+        if word.lower() in by_lower:
+            position = _word_end_position(tokenizer, words, index)
+            if position < max_length:
+                marks.append((by_lower[word.lower()], position))
+    return marks
+
+
+def _bare(word: str) -> str:
+    return re.sub(r"^[^a-z0-9]+|[^a-z0-9]+$", "", word.lower())
+
+
+def name_word_span(caption: str, name: str) -> Optional[tuple[int, int]]:
+    """(start, end) word indices of the first run of space-separated words that spell `name`, each word
+    compared lower-cased without leading / trailing punctuation ("Fred." is "fred"; "Fred's" is not)."""
+    words = [_bare(w) for w in caption.split(" ")]
+    target = name.lower().split()
+    for start in range(len(words) - len(target) + 1):
+        if words[start:start + len(target)] == target:
+            return start, start + len(target)
+    return None
+
+
+def release_training_marks(tokenizer, caption: str, characters: list[str], max_length: int,
+                           max_characters: int) -> list[tuple[int, int]]:
+    """[(slot, position)]: how the release's training data marks a frame's annotated characters
+    (models/data.py ImageDataset._tokenize_and_mask_noun_phrases_ends): each character's segment ends at
+    its name's last word, and the token marked is the last BPE piece of that space-separated word,
+    punctuation attached to it included ("Fred." marks "."). The slot is the character's index in the
+    frame's list. With more than `max_characters` the release keeps a random subset; here the first ones
+    in caption order."""
+    words = caption.split(" ")
+    found = sorted((span[1], slot) for slot, name in enumerate(characters)
+                   if (span := name_word_span(caption, name)) is not None)
+    marks = []
+    for end, slot in found[:max_characters]:
+        position = _word_end_position(tokenizer, words, end - 1)
+        if position < max_length:
+            marks.append((slot, position))
+    return marks
+
+
+def release_input_ids(tokenizer, caption: str, max_length: int) -> list[int]:
+    """The ids the release encodes for its fused embedding: the caption with start and end tokens, cut
+    at `max_length` (a caption that long loses its end token, unlike the tokenizer's own truncation) and
+    padded with the pad token."""
+    ids = tokenizer(caption).input_ids[:max_length]
+    return ids + [tokenizer.pad_token_id] * (max_length - len(ids))

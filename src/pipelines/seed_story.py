@@ -334,12 +334,12 @@ class SeedStoryPipeline:
             chunk = torch.stack(features[start:start + s.batch_size]).to(self.device)
             states, pooled = self.detokenizer.encode(chunk)
             n = chunk.shape[0]
-            images += pipe(prompt_embeds=states, pooled_prompt_embeds=pooled,
-                           negative_prompt_embeds=neg_states.expand(n, -1, -1),
-                           negative_pooled_prompt_embeds=neg_pooled.expand(n, -1), height=self.image_size,
-                           width=self.image_size, num_inference_steps=s.num_inference_steps,
-                           guidance_scale=s.guidance_scale, generator=generators[start:start + n],
-                           output_type=output_type).images
+            images.extend(pipe(prompt_embeds=states, pooled_prompt_embeds=pooled,
+                               negative_prompt_embeds=neg_states.expand(n, -1, -1),
+                               negative_pooled_prompt_embeds=neg_pooled.expand(n, -1), height=self.image_size,
+                               width=self.image_size, num_inference_steps=s.num_inference_steps,
+                               guidance_scale=s.guidance_scale, generator=generators[start:start + n],
+                               output_type=output_type).images)  # extend: "np" output is one array
         return images
 
     def writer(self, context: str, sink: SinkSettings, decode: DecodeSettings) -> "StoryWriter":

@@ -86,11 +86,12 @@ def write_stories(images: dict, stories, out_dir: Path, caption_field: str, info
 
 @torch.no_grad()
 def generate_stage2_stories(pipeline, stories, out_dir, caption_field: str, seed: int = 0, meta: Optional[dict] = None,
-                            progress: bool = True) -> Path:
+                            progress: bool = True, latents_out: Optional[dict] = None) -> Path:
     """StoryGPT-V stage 2 over a split (the released eval_llm.py): frame k of every story in batches of
     the pipeline's `batch_size`, each story's LLM reading the frames drawn for it so far. Captions come
     from `caption_field` (the co-reference captions); a frame is a pronoun frame where they differ from
-    the original captions. Writes the generated-story layout; generation.json records `meta`."""
+    the original captions. Writes the generated-story layout; generation.json records `meta`. `latents_out`
+    (a dict) receives each frame's final latents [c,h,w] under (story index, frame) (the parity tool)."""
     settings = pipeline.settings
     for story in stories:
         if getattr(story, caption_field) is None:
@@ -107,10 +108,14 @@ def generate_stage2_stories(pipeline, stories, out_dir, caption_field: str, seed
             pronoun = [getattr(stories[i], caption_field)[k] != stories[i].captions[k] for i in chunk]
             generators = [frame_generator(seed, i, k, pipeline.device) for i in chunk]
             drawn_so_far = [drawn.get(i, []) for i in chunk]
-            frames, _ = pipeline.stage2_step(captions, k, drawn_so_far, pronoun, ref_embeds, generators, settings)
-            for i, image in zip(chunk, frames):
+            final = [] if latents_out is not None else None
+            frames, _ = pipeline.stage2_step(captions, k, drawn_so_far, pronoun, ref_embeds, generators, settings,
+                                             latents_out=final)
+            for j, (i, image) in enumerate(zip(chunk, frames)):
                 images[(i, k)] = image
                 drawn.setdefault(i, []).append(to_pixels(image))
+                if final is not None:
+                    latents_out[(i, k)] = final[0][j]
             bar.update(len(chunk))
     bar.close()
     s = settings
@@ -118,5 +123,5 @@ def generate_stage2_stories(pipeline, stories, out_dir, caption_field: str, seed
             "num_inference_steps": s.num_inference_steps, "guidance_scale": s.guidance_scale,
             "guidance_rescale": s.guidance_rescale, "image_size": pipeline.image_size, "scheduler": s.scheduler,
             "first_frame": pipeline.first_frame, "start_merge_step": s.start_merge_step,
-            "pronoun_frames_fused_from_step": 0, **(meta or {})}
+            "pronoun_frames_fused_from_step": s.pronoun_start_merge_step, **(meta or {})}
     return write_stories(images, stories, Path(out_dir), caption_field, info)

@@ -24,7 +24,7 @@ from typing import Callable, Optional
 import numpy as np
 import torch
 
-from src.models.char_conditioning import encode_captions, fuse_captions
+from src.models.char_conditioning import encode_captions, fuse_captions, sampling_slots
 from src.pipelines.diffusion import frame_generator, make_scheduler, sd_pipeline
 
 # Pronouns that make a caption a "pronoun frame" when no co-reference flag is given (a user's story).
@@ -37,14 +37,17 @@ class DrawSettings:
     num_inference_steps: int = 30
     guidance_scale: float = 5.0
     guidance_rescale: float = 0.0
-    start_merge_step: int = 15            # text-only conditioning for this many steps, fused after
+    start_merge_step: int = 16            # text-only conditioning for this many steps, fused after
     batch_size: int = 16                  # frames drawn together (a dataset split's stories)
+    pronoun_start_merge_step: int = 0     # stage 2's pronoun frames: text-only steps before the LLM output
+    #                                       (the release: 1; its "start_merge_step=0" still runs step 0 text-only)
 
     @classmethod
-    def from_config(cls, sample_cfg, start_merge_step: int = 0) -> "DrawSettings":
+    def from_config(cls, sample_cfg, start_merge_step: int = 0, pronoun_start_merge_step: int = 0) -> "DrawSettings":
         return cls(scheduler=sample_cfg.scheduler, num_inference_steps=sample_cfg.num_inference_steps,
                    guidance_scale=sample_cfg.guidance_scale, guidance_rescale=sample_cfg.guidance_rescale,
-                   start_merge_step=start_merge_step, batch_size=sample_cfg.batch_size)
+                   start_merge_step=start_merge_step, batch_size=sample_cfg.batch_size,
+                   pronoun_start_merge_step=pronoun_start_merge_step)
 
 
 @dataclass
@@ -74,13 +77,16 @@ class StoryGPTVPipeline:
     def __init__(self, unet, vae, text_encoder, tokenizer, scheduler_config: dict, image_size: int,
                  settings: DrawSettings, image_encoder=None, fuse=None, name_patterns=(), max_characters: int = 4,
                  references: Optional[dict] = None, stage2=None, first_frame: str = "char_ldm",
-                 references_from: str = "the dataset"):
+                 references_from: str = "the dataset", name_tokens: str = "ours", fuse_names: bool = True,
+                 character_names: tuple = ()):
         self.unet, self.vae, self.text_encoder, self.tokenizer = unet, vae, text_encoder, tokenizer
         self.scheduler_config, self.image_size, self.settings = scheduler_config, image_size, settings
         self.image_encoder, self.fuse, self.name_patterns = image_encoder, fuse, name_patterns
         self.max_characters, self.references = max_characters, dict(references or {})
         self.references_from = references_from
         self.stage2, self.first_frame = stage2, first_frame
+        # How name tokens are marked when drawing (src/models/char_conditioning.py sampling_slots).
+        self.name_tokens, self.fuse_names, self.character_names = name_tokens, fuse_names, tuple(character_names)
         if stage2 is not None and image_encoder is None:
             raise ValueError("stage 2 conditions Char-LDM: the pipeline needs its image encoder and fuse module")
 
@@ -120,33 +126,47 @@ class StoryGPTVPipeline:
         text_states = self.encode_text(captions)
         if not self.character_conditioning:
             return text_states, text_states, [[] for _ in captions]
-        fused, names = fuse_captions(self.tokenizer, self.fuse, text_states, captions, self.name_patterns, ref_embeds,
-                                     self.max_characters, where=f"{self.references_from}: ",
-                                     hint=" (give that character a reference image)")
+        def slots_of(caption):
+            return sampling_slots(self.tokenizer, caption, self.name_patterns, self.max_characters,
+                                  self.name_tokens, self.fuse_names, self.character_names)
+        fused, names = fuse_captions(self.tokenizer, self.text_encoder, self.fuse, text_states, captions, ref_embeds,
+                                     slots_of, release_ids=self.name_tokens == "release",
+                                     where=f"{self.references_from}: ", hint=" (give that character a reference image)")
         return text_states, fused, names
 
     # ---- denoising ------------------------------------------------------------------------------------
     @torch.no_grad()
-    def draw(self, initial: torch.Tensor, final: torch.Tensor, generators: list, settings: DrawSettings,
-             merge_step: int) -> list:
-        """Denoise with `initial` conditioning until step `merge_step`, `final` after (delayed conditioning;
-        merge_step 0: `final` throughout), classifier-free guidance against the empty caption."""
-        null = self.encode_text([""] * initial.shape[0])
+    def draw(self, text_states: torch.Tensor, final: torch.Tensor, generators: list, settings: DrawSettings,
+             merge_steps, output_type: str = "pil", latents_out: Optional[list] = None) -> list:
+        """Delayed conditioning (FastComposer; the released models/pipeline.py): frame b is denoised with
+        `text_states[b]` for its first `merge_steps[b]` steps (an int: the same for every frame) and with
+        `final[b]` after (0: `final` throughout), classifier-free guidance against the empty caption.
+        Returns PIL images (output_type "latent" / "np": the final latents / float images); `latents_out`
+        (a list) also receives the final latents [B,c,h,w]."""
+        null = self.encode_text([""] * text_states.shape[0])
         cfg_on = settings.guidance_scale > 1
+        merge = torch.as_tensor(merge_steps, device=final.device).expand(final.shape[0])
+
+        def conditioning(steps_done: int) -> torch.Tensor:
+            return torch.where((merge <= steps_done)[:, None, None], final, text_states)
 
         def switch(pipeline, i, t, tensors):
-            if i + 1 == merge_step:
-                return {"prompt_embeds": torch.cat([null, final]) if cfg_on else final}
+            if latents_out is not None and i == pipeline.num_timesteps - 1:
+                latents_out.append(tensors["latents"])
+            if bool((merge == i + 1).any()):
+                states = conditioning(i + 1)
+                return {"prompt_embeds": torch.cat([null, states]) if cfg_on else states}
             return {}
         pipe = sd_pipeline(self.unet, self.vae, self.text_encoder, self.tokenizer,
                            make_scheduler(settings.scheduler, self.scheduler_config))
-        return pipe(prompt_embeds=initial if merge_step > 0 else final, negative_prompt_embeds=null,
+        return pipe(prompt_embeds=conditioning(0), negative_prompt_embeds=null,
                     height=self.image_size, width=self.image_size, num_inference_steps=settings.num_inference_steps,
                     guidance_scale=settings.guidance_scale, guidance_rescale=settings.guidance_rescale,
-                    generator=generators, output_type="pil", callback_on_step_end=switch,
-                    callback_on_step_end_tensor_inputs=["prompt_embeds"]).images
+                    generator=generators, output_type=output_type, callback_on_step_end=switch,
+                    callback_on_step_end_tensor_inputs=["prompt_embeds", "latents"]).images
 
-    def frame_drawer(self, ref_embeds: dict, settings: Optional[DrawSettings] = None) -> Callable:
+    def frame_drawer(self, ref_embeds: dict, settings: Optional[DrawSettings] = None,
+                     output_type: str = "pil") -> Callable:
         """`draw(captions, generators) -> images` for Char-LDM alone (src/pipelines/story_sampler.py), also
         recording the names fused in each caption in `draw.fused`."""
         settings = settings or self.settings
@@ -154,26 +174,29 @@ class StoryGPTVPipeline:
         def draw(captions: list[str], generators: list) -> list:
             text_states, fused, names = self.condition(captions, ref_embeds)
             draw.fused.extend(names)
-            return self.draw(text_states, fused, generators, settings, settings.start_merge_step)
+            return self.draw(text_states, fused, generators, settings, settings.start_merge_step, output_type)
         draw.fused = []
         return draw
 
     # ---- stage 2 ------------------------------------------------------------------------------------
     @torch.no_grad()
     def stage2_step(self, captions: list[list[str]], k: int, drawn: list[list[torch.Tensor]], pronoun: list[bool],
-                    ref_embeds: dict, generators: list, settings: DrawSettings) -> tuple[list, list]:
-        """Frame k of several stories with stage 2: (images, the names fused where Char-LDM drew)."""
+                    ref_embeds: dict, generators: list, settings: DrawSettings,
+                    latents_out: Optional[list] = None) -> tuple[list, list]:
+        """Frame k of several stories with stage 2: (images, the names fused where Char-LDM drew). A pronoun
+        frame switches to the LLM's conditioning after `pronoun_start_merge_step` text-only steps, the
+        others after `start_merge_step` (the released eval_llm.py)."""
         current = [story[k] for story in captions]
         if k == 0 and self.first_frame == "char_ldm":
             text_states, conditioning, names = self.condition(current, ref_embeds)
         else:
             tokens = [self.stage2.frame_tokens(torch.stack(frames).to(self.device)) if k else [] for frames in drawn]
-            conditioning = self.stage2.condition(captions, [k] * len(captions), [list(t) for t in tokens])["conditioning"]
+            conditioning = self.stage2.condition(captions, [k] * len(captions), [list(t) for t in tokens],
+                                                 inference=True)["conditioning"]
             text_states, names = self.encode_text(current), [[] for _ in current]
         conditioning = conditioning.to(text_states.dtype)
-        flags = torch.tensor(pronoun, device=self.device)
-        initial = torch.where(flags[:, None, None], conditioning, text_states)
-        return self.draw(initial, conditioning, generators, settings, settings.start_merge_step), names
+        merges = [settings.pronoun_start_merge_step if flag else settings.start_merge_step for flag in pronoun]
+        return self.draw(text_states, conditioning, generators, settings, merges, latents_out=latents_out), names
 
     # ---- a story ------------------------------------------------------------------------------------
     @torch.no_grad()

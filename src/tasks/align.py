@@ -42,7 +42,8 @@ from src.tasks.model_configs import lora_kwargs
 from src.tasks.validation import Means, val_batches
 
 CHOICES = {"llm_mode": ("frozen", "lora", "full"), "ce_tokens": ("img", "all"), "align_loss": ("mse", "l2"),
-           "target": ("fuse", "text"), "first_frame": ("char_ldm", "llm"),
+           "target": ("fuse", "text"), "first_frame": ("char_ldm", "llm"), "inference_prompt": ("ours", "release"),
+           "frame_preprocess": ("ours", "release"),
            "llm_dtype": ("float32", "bfloat16", "float16")}
 
 
@@ -74,7 +75,7 @@ class AlignTask(Task):
         self.mapper = GILLMapper(self.llm.width, width, num_tokens, mp.width, mp.encoder_layers,
                                  mp.decoder_layers, mp.heads, mp.ffn)
         self.conditioner = StoryConditioner(self.llm, self.vision, self.visual_tokens, self.mapper, m.interleave,
-                                            m.max_length)
+                                            m.max_length, m.inference_prompt, m.frame_preprocess)
         self._stage1 = {}  # the frozen Char-LDM task, built on first use (sampling, v2 loss); not a submodule
 
     # ---- targets and stage 1 ----------------------------------------------------------------------
@@ -152,11 +153,12 @@ class AlignTask(Task):
     def frame_tokens(self, pixel_values: torch.Tensor) -> torch.Tensor:
         return self.conditioner.frame_tokens(pixel_values)
 
-    def fit_prompt(self, captions: list[str], target: int, tokens: list) -> list:
-        return self.conditioner.fit_prompt(captions, target, tokens)
+    def fit_prompt(self, captions: list[str], target: int, tokens: list, inference: bool = False) -> list:
+        return self.conditioner.fit_prompt(captions, target, tokens, inference)
 
-    def condition(self, captions: list[list[str]], targets: list[int], frame_tokens: list) -> dict:
-        return self.conditioner.condition(captions, targets, frame_tokens)
+    def condition(self, captions: list[list[str]], targets: list[int], frame_tokens: list,
+                  inference: bool = False) -> dict:
+        return self.conditioner.condition(captions, targets, frame_tokens, inference)
 
     def ce_loss(self, hidden: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
         labels = ids[:, 1:]
@@ -224,7 +226,8 @@ class AlignTask(Task):
         """Char-LDM's pipeline (the stage-1 run's models and merge step) with this stage's LLM, drawing with
         this run's sample settings."""
         ldm = self.stage1()
-        settings = DrawSettings.from_config(self.cfg.sample, ldm.start_merge_step())
+        settings = DrawSettings.from_config(self.cfg.sample, ldm.start_merge_step(),
+                                           self.cfg.model.pronoun_start_merge_step)
         return ldm.pipeline(settings, stage2=self.conditioner, first_frame=self.cfg.model.first_frame)
 
     @torch.no_grad()

@@ -9,6 +9,9 @@ The baseline LDM (src/tasks/ldm.py) plus
   - delayed conditioning at sampling (text-only for the first `start_merge_step` steps, FastComposer).
 `character_conditioning: false` turns all of it off: the recipe then runs the baseline LDMTask
 (src/tasks/__init__.py). Drawing: src/pipelines/storygptv.py; the conditioning: src/models/char_conditioning.py.
+Where the released code does something else, the release's behaviour is one `model:` key away (the
+"release" values in src/tasks/model_configs.py; docs/fidelity.md), and the converter of the released
+weights selects it.
 
 Shapes: B batch, L=77 tokens, D text width (= image projection width), M character slots per frame,
 R reference size, c×h×w latents, H×W frames.
@@ -26,15 +29,24 @@ import torch.nn.functional as F
 from src.data.datasets import CharacterFrameDataset, collate_frames
 from src.data.references import augment_references, fixed_references
 from src.data.stories import read_meta
-from src.models.attention_control import AttentionStore, attention_control_loss, install_processors, name_token_weights
+from src.models.attention_control import (
+    AttentionStore,
+    attention_control_loss,
+    install_processors,
+    name_token_weights,
+    union_mask,
+)
 from src.models.char_conditioning import find_names, token_slots
 from src.models.character_encoder import CharacterImageEncoder
 from src.models.fuse import FuseModule
-from src.models.name_tokens import name_patterns
+from src.models.name_tokens import name_patterns, release_training_marks
 from src.tasks.ldm import LDMTask
 
 
 class CharLDMTask(LDMTask):
+    model_choices = {"name_tokens": ("ours", "release"), "reference_preprocess": ("ours", "release"),
+                     "attention_loss": ("ours", "release")}
+
     def __init__(self, cfg, components: Optional[dict] = None):
         super().__init__(cfg, components)
         m = cfg.model
@@ -66,7 +78,7 @@ class CharLDMTask(LDMTask):
     def fixed_references(self) -> dict:
         if self._fixed_refs is None:
             self._fixed_refs = fixed_references(self.cfg.data.root, read_meta(self.cfg.data.root),
-                                                self.image_encoder.image_size)
+                                                self.image_encoder.image_size, self.cfg.model.reference_preprocess)
         return self._fixed_refs
 
     def find_names(self, caption: str) -> list:
@@ -75,6 +87,18 @@ class CharLDMTask(LDMTask):
     def token_slots(self, found: list, slot_of: dict) -> torch.Tensor:
         return token_slots(found, slot_of, self.tokenizer.model_max_length, self.cfg.model.max_characters)
 
+    def training_token_slots(self, caption: str, names: list[str]) -> torch.Tensor:
+        """[L] long: a name's slot is its index in the frame's annotated characters `names` (release: the
+        last piece of each annotated name's word, src/models/name_tokens.py release_training_marks)."""
+        if self.cfg.model.name_tokens == "release":
+            token_char = torch.full((self.tokenizer.model_max_length,), -1, dtype=torch.long)
+            for slot, position in release_training_marks(self.tokenizer, caption, names,
+                                                         self.tokenizer.model_max_length,
+                                                         self.cfg.model.max_characters):
+                token_char[position] = slot
+            return token_char
+        return self.token_slots(self.find_names(caption), {name: j for j, name in enumerate(names)})
+
     # ---- data -------------------------------------------------------------------------------------
     def train_dataset(self):
         return CharacterFrameDataset(self.cfg.data.root, "train", self.cfg.data.image_size,
@@ -82,10 +106,8 @@ class CharLDMTask(LDMTask):
 
     def collate(self, items):
         batch = collate_frames(items)
-        # a name's slot is its index in the frame's annotated characters
-        batch["token_char"] = torch.stack([
-            self.token_slots(self.find_names(caption), {name: j for j, name in enumerate(names)})
-            for caption, names in zip(batch["caption"], batch["characters"])])
+        batch["token_char"] = torch.stack([self.training_token_slots(caption, names)
+                                           for caption, names in zip(batch["caption"], batch["characters"])])
         return batch
 
     def example_batch(self, batch_size: int, device) -> dict:
@@ -140,14 +162,19 @@ class CharLDMTask(LDMTask):
         empty = draw < m.caption_dropout
         fused = draw >= m.caption_dropout + m.text_only_prob
         named = F.one_hot(token_char + 1, num_slots + 1)[..., 1:].amax(1).bool()       # [B,M]
+        if m.text_only_max_characters >= 0:  # release: a frame with more segments stays fused (models/data.py)
+            fused = fused | (~empty & (named.sum(1) > m.text_only_max_characters))
         char_embeds = self.encode_references(batch, named & fused[:, None])
         states = torch.where(empty[:, None, None], null_states.expand_as(text_states), text_states)
         encoder_hidden_states = self.fuse(states, char_embeds, torch.where(fused[:, None], token_char, -1))
 
         noise, timesteps, noisy_latents = self.objective.add_noise(latents)
 
-        # Eq. 2-3 on every frame whose caption still names a character that has a mask.
+        # Eq. 2-3 on every frame whose caption still names a character that has a mask (release: only
+        # fused frames; its text-only frames have no segments left).
         attend = named & (char_masks.flatten(2).amax(-1) > 0) & ~empty[:, None]
+        if m.attention_loss == "release":
+            attend = attend & fused[:, None]
         record = m.attention_loss_weight > 0  # (a frame with no valid character adds 0; no host sync here)
         if record:
             self.attention_store.start(name_token_weights(torch.where(empty[:, None], -1, token_char), num_slots))
@@ -158,11 +185,11 @@ class CharLDMTask(LDMTask):
         target = self.objective.target(latents, noise, timesteps)
 
         if m.mask_loss_prob > 0 and float(torch.rand(())) < m.mask_loss_prob:
-            union = F.interpolate(char_masks.amax(1, keepdim=True), size=latents.shape[-2:], mode="bilinear",
-                                  antialias=True, align_corners=False).to(model_pred.dtype)
+            union = union_mask(char_masks, latents.shape[-2:], m.mask_loss_antialias).to(model_pred.dtype)
             model_pred, target = model_pred * union, target * union
         mse = self.objective.loss(model_pred, target, timesteps)
-        attention = attention_control_loss(maps, char_masks, attend) if record else mse.new_zeros(())
+        attention = (attention_control_loss(maps, char_masks, attend, per_frame=m.attention_loss == "release")
+                     if record else mse.new_zeros(()))
         loss = mse + m.attention_loss_weight * attention
         return {"loss": loss, "mse": mse.detach(), "attention": attention.detach()}
 
@@ -171,9 +198,12 @@ class CharLDMTask(LDMTask):
         return self.cfg.model.start_merge_step
 
     def character_parts(self) -> dict:
+        m = self.cfg.model
         return {"image_encoder": self.image_encoder, "fuse": self.fuse, "name_patterns": self.name_patterns,
-                "max_characters": self.cfg.model.max_characters, "references": self.fixed_references(),
-                "references_from": f"{self.cfg.data.root}/meta.json"}
+                "max_characters": m.max_characters, "references": self.fixed_references(),
+                "references_from": f"{self.cfg.data.root}/meta.json", "name_tokens": m.name_tokens,
+                "fuse_names": m.fuse_names_at_sampling,
+                "character_names": [c["name"] for c in read_meta(self.cfg.data.root)["characters"]]}
 
     def generation_meta(self) -> dict:
         return {"task": "char_ldm", "start_merge_step": self.cfg.model.start_merge_step,

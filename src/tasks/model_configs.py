@@ -74,7 +74,16 @@ class CharLDMModelConfig(LDMModelConfig):
     mask_loss_prob: float = 0.3           # MSE restricted to the characters' union mask on this share of batches
     fixed_reference_prob: float = 0.0     # train with the dataset's fixed chars/ reference instead of the crop
     reference_augment: ReferenceAugmentConfig = field(default_factory=ReferenceAugmentConfig)
-    start_merge_step: int = 15            # sampling: text-only conditioning for this many steps, fused after
+    start_merge_step: int = 16            # sampling: text-only conditioning for this many steps, fused after
+    # (the release's --start_merge_step N samples N + 1 text-only steps: `i <= N`, models/pipeline.py)
+    # Release modes (docs/fidelity.md, "StoryGPT-V"); the converter of the released weights selects them:
+    name_tokens: str = "ours"             # ours: every piece of a name, one slot per name | release: the last
+    #                                       piece of a name word, a slot per occurrence (src/models/name_tokens.py)
+    fuse_names_at_sampling: bool = True   # false: sampling fuses no name (the release's PororoSV inference)
+    reference_preprocess: str = "ours"    # ours: exact square, float resize | release: d//2 padding, 8-bit resize
+    attention_loss: str = "ours"          # ours: mean over the batch's characters | release: per-frame mean
+    mask_loss_antialias: bool = True      # false: the release's plain bilinear resize of the union mask
+    text_only_max_characters: int = -1    # -1: any frame may be text-only | release: 1 (frames with <= 1 segment)
 
 
 # ---- StoryGPT-V stage 2 (src/tasks/align.py) ----------------------------------------------------------
@@ -111,6 +120,12 @@ class AlignModelConfig:
     diffusion_weight: float = 0.0             # released v2: denoising loss through the frozen Char-LDM UNet
     val_stories: int = 0                      # validation: the first N val stories (0: all)
     first_frame: str = "char_ldm"             # inference: frame 0 from char_ldm (released) | llm (paper)
+    # Release modes (docs/fidelity.md, "StoryGPT-V"); the converter of the released weights selects them:
+    inference_prompt: str = "ours"            # ours: "... Image:" then [IMG0] at inference as in training |
+    #                                           release: "... Image: " (a lone space token before [IMG0], eval_llm.py)
+    frame_preprocess: str = "ours"            # earlier frames for the vision tower: ours, a float bilinear resize |
+    #                                           release: CLIP's image processor (PIL bicubic, centre crop)
+    pronoun_start_merge_step: int = 0         # pronoun frames: text-only steps before the LLM output (release: 1)
 
 
 # ---- SEED-Story stage 1 (src/tasks/detokenizer.py) -----------------------------------------------------

@@ -54,7 +54,9 @@ What this writes
   trainer_state.json               step 0, world size 1, no EMA, plus where the weights came from
 With `--config RECIPE [key=value ...]` the recipe is validated (task char_ldm, character conditioning
 on, the same model.image_encoder_trainable_layers) and saved as `OUT/config.yaml`, so that
-`python -m src.generate --checkpoint OUT` finds both.
+`python -m src.generate --checkpoint OUT` finds both. The saved config selects the release's behaviour
+wherever ours differs (RELEASE_MODES below, docs/fidelity.md): the released weights then run the way the
+release ran them. `--no-release-modes` keeps the recipe's own choices; key=value overrides win over both.
 
 Dropped, and counted in the report: `vae.*` and `text_encoder.*` (frozen in StoryGPT-V's stage 1 unless
 --train_text_encoder, which train_ldm.sh does not pass; ours load them from the SD checkpoint) and
@@ -106,6 +108,17 @@ VISION_FROZEN = {VISION + name for name in (
 VISION_FROZEN.add("image_encoder.visual_projection.weight")
 BUFFERS = {VISION + "embeddings.position_ids", "text_encoder.embeddings.position_ids"}
 DROPPED_GROUPS = ("vae.", "text_encoder.")
+
+
+# The release's behaviour where ours differs (docs/fidelity.md, "StoryGPT-V"; src/tasks/char_ldm.py).
+RELEASE_MODES = ["model.name_tokens=release", "model.reference_preprocess=release", "model.attention_loss=release",
+                 "model.mask_loss_antialias=false", "model.text_only_max_characters=1"]
+# The release's PororoSV evaluation marks no name (its name list is FlintstonesSV's), so it fuses nothing.
+RELEASE_MODES_PORORO = ["model.fuse_names_at_sampling=false"]
+
+
+def release_modes(dataset_name: str) -> list[str]:
+    return RELEASE_MODES + (RELEASE_MODES_PORORO if dataset_name == "pororo" else [])
 
 
 class ConversionError(ValueError):
@@ -298,13 +311,16 @@ def write_checkpoint(out: Path, trainable: dict, frozen: dict, info: dict, overw
     return resolve_checkpoint(str(final), root)
 
 
-def _load_recipe(path: str, overrides: list[str], trainable_layers: Optional[int]):
-    """The run config to save with the weights; it must describe the model the weights are for."""
+def _load_recipe(path: str, overrides: list[str], trainable_layers: Optional[int], release: bool = True):
+    """The run config to save with the weights; it must describe the model the weights are for. `release`:
+    with the release's modes (RELEASE_MODES) under the overrides."""
     from omegaconf import OmegaConf
 
     from src.config import load_config
 
     cfg = load_config(path, overrides)
+    if release and cfg.task == "char_ldm":
+        cfg = load_config(path, release_modes(cfg.data.name) + list(overrides))
     if cfg.task != "char_ldm" or not cfg.model.character_conditioning:
         raise ValueError(f"{path}: task '{cfg.task}', model.character_conditioning="
                          f"{OmegaConf.select(cfg, 'model.character_conditioning')}; these weights are for task 'char_ldm' "
@@ -339,6 +355,8 @@ def main(argv=None) -> int:
                         help="check that the source's image encoder has exactly this many layers (24 for ViT-L/14)")
     parser.add_argument("--config", default=None, help="a char_ldm recipe to save as OUT/config.yaml")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing step_000000 / config.yaml")
+    parser.add_argument("--no-release-modes", action="store_true",
+                        help="keep the recipe's own choices where the release behaves otherwise (docs/fidelity.md)")
     parser.add_argument("overrides", nargs="*", help="key=value overrides for --config")
     args = parser.parse_args(argv)
     if args.overrides and not args.config:
@@ -347,7 +365,7 @@ def main(argv=None) -> int:
         parser.error("--image-encoder-trainable-layers is required without --config")
     cfg, layers = None, args.image_encoder_trainable_layers
     if args.config:  # fail before writing anything
-        cfg = _load_recipe(args.config, args.overrides, layers)
+        cfg = _load_recipe(args.config, args.overrides, layers, release=not args.no_release_modes)
         layers = cfg.model.image_encoder_trainable_layers
     state = load_source(args.src)
     trainable, frozen, report = convert_state_dict(state, layers, args.num_image_layers)

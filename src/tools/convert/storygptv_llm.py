@@ -27,7 +27,9 @@ are not in the release. They only score the [IMG] tokens in the CE loss; at infe
 forced. They are written as zeros and the conversion report says so.
 
 What this writes: `OUT/checkpoints/step_000000/` in src/engine/checkpoint.py's layout (trainable.safetensors
-holds exactly the align task's trainable parameters in frozen mode) and, with --config, `OUT/config.yaml`.
+holds exactly the align task's trainable parameters in frozen mode) and, with --config, `OUT/config.yaml`,
+which selects the release's inference behaviour where ours differs (RELEASE_MODES, docs/fidelity.md;
+`--no-release-modes` keeps the recipe's choices; key=value overrides win over both).
 """
 from __future__ import annotations
 
@@ -42,6 +44,11 @@ from src.tools.convert.storygptv_ldm import _write_config, load_source, write_ch
 
 MAPPER = "model.gen_text_hidden_fcs.0."
 RETRIEVAL = ("model.ret_text_hidden_fcs.", "model.visual_fc.", "model.logit_scale")
+
+
+# The release's behaviour where ours differs (docs/fidelity.md, "StoryGPT-V"; src/tasks/align.py).
+RELEASE_MODES = ["model.inference_prompt=release", "model.frame_preprocess=release",
+                 "model.pronoun_start_merge_step=1"]
 
 
 class ConversionError(ValueError):
@@ -113,6 +120,8 @@ def main(argv=None) -> int:
     parser.add_argument("--untied-output", action="store_true",
                         help="without --config: the LLM's output head is untied (Llama)")
     parser.add_argument("--overwrite", action="store_true")
+    parser.add_argument("--no-release-modes", action="store_true",
+                        help="keep the recipe's own choices where the release behaves otherwise (docs/fidelity.md)")
     parser.add_argument("overrides", nargs="*", help="key=value overrides for --config")
     args = parser.parse_args(argv)
     if args.overrides and not args.config:
@@ -123,6 +132,8 @@ def main(argv=None) -> int:
             from src.config import load_config
 
             cfg = load_config(args.config, args.overrides)
+            if cfg.task == "align" and not args.no_release_modes:
+                cfg = load_config(args.config, RELEASE_MODES + list(args.overrides))
             if cfg.task != "align":
                 raise ConversionError(f"{args.config}: task '{cfg.task}'; these weights are for task 'align'")
             if cfg.model.llm_mode != "frozen":  # the release trained the frozen-LLM mode: no LLM weights to load

@@ -180,3 +180,29 @@ def read_golden(path: Path) -> tuple[dict[str, torch.Tensor], dict]:
 def group(tensors: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
     """The tensors under `prefix/`, with the prefix stripped."""
     return {k[len(prefix) + 1:]: v for k, v in tensors.items() if k.startswith(prefix + "/")}
+
+
+def module_with(name: str, **attrs) -> types.ModuleType:
+    """A stand-in for the importable module `name` holding all of its attributes plus `attrs` (a shim for
+    a name the original code imports from a library module that no longer defines it)."""
+    real = importlib.import_module(name)
+    module = types.ModuleType(name)
+    module.__dict__.update(real.__dict__)
+    module.__dict__.update(attrs)
+    return module
+
+
+@contextlib.contextmanager
+def patched(owner, name: str, value) -> Iterator[None]:
+    """`owner.name = value` inside the block, the old value (or none) restored after: a run-time shim on
+    the original code's module or class, never on ours."""
+    missing = object()
+    old = getattr(owner, name, missing)
+    setattr(owner, name, value)
+    try:
+        yield
+    finally:
+        if old is missing:
+            delattr(owner, name)
+        else:
+            setattr(owner, name, old)
