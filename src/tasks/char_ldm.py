@@ -171,7 +171,9 @@ class CharLDMTask(LDMTask):
         return self.cfg.model.start_merge_step
 
     def character_parts(self) -> dict:
-        return {"image_encoder": self.image_encoder, "fuse": self.fuse, "name_patterns": self.name_patterns,
+        names = [c["name"] for c in read_meta(self.cfg.data.root)["characters"]]
+        return {"image_encoder": self.image_encoder, "fuse": self.fuse, "names": names,
+                "aliases": dict(self.cfg.data.aliases),
                 "max_characters": self.cfg.model.max_characters, "references": self.fixed_references(),
                 "references_from": f"{self.cfg.data.root}/meta.json"}
 
