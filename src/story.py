@@ -175,19 +175,24 @@ def build_pipeline(system: dict, args, device, dtype, llm_dtype):
     return SeedStoryPipeline.from_runs(system["mllm"], system["detokenizer"], args.weights, device, dtype, llm_dtype)
 
 
-def draw_storygptv(pipe, request, characters: dict, args, progress) -> tuple[list, list, dict]:
-    """(images, frame records, settings)."""
+def draw_storygptv(pipe, request, characters: dict, args, progress, on_frame=None) -> tuple[list, list, dict]:
+    """(images, frame records, settings). `on_frame(k, image, record)` as each frame is done (the studio)."""
     overrides = {key: value for key, value in (("num_inference_steps", args.steps), ("guidance_scale", args.guidance),
                                                ("scheduler", args.scheduler), ("start_merge_step", args.merge_step))
                  if value is not None}
     settings = replace(pipe.settings, **overrides)
     seed = args.seed
-    frames = pipe(list(request.frames), characters, seed=seed, settings=settings,
-                  on_frame=lambda k, frame: progress.update(1))
+
+    def done(k, frame):
+        progress.update(1)
+        if on_frame is not None:
+            on_frame(k, frame.image, frame.record())
+    frames = pipe(list(request.frames), characters, seed=seed, settings=settings, on_frame=done)
     return [f.image for f in frames], [f.record() for f in frames], vars(settings)
 
 
-def draw_seed_story(pipe, request, args, progress) -> tuple[list, list, dict]:
+def draw_seed_story(pipe, request, args, progress, on_frame=None) -> tuple[list, list, dict]:
+    """(images, beat records, settings). `on_frame(k, image, record)` as each beat is drawn (the studio)."""
     from src.pipelines.seed_story import DecodeSettings
 
     overrides = {key: value for key, value in (("num_inference_steps", args.steps), ("guidance_scale", args.guidance),
@@ -204,6 +209,8 @@ def draw_seed_story(pipe, request, args, progress) -> tuple[list, list, dict]:
         images.append(beat.image)
         records.append({"text": beat.text, "source": "opening" if beat.index == 0 else "given" if vis else "written"})
         progress.update(1)
+        if on_frame is not None:
+            on_frame(beat.index, beat.image, records[-1])
     info = {**vars(settings), "mode": "vis" if vis else "story", "context": args.context, "sink": vars(sink),
             "decode": vars(decode), "stats": pipe.last_stats}
     return images, records, info
@@ -216,8 +223,8 @@ def checkpoints_of(pipe) -> dict:
     return {"mllm": p["mllm_checkpoint"], "detokenizer": p["detokenizer_checkpoint"]}
 
 
-def draw_request(pipe, system, request, characters, args):
-    """(images, record) of one story."""
+def draw_request(pipe, system, request, characters, args, on_frame=None):
+    """(images, record) of one story; `on_frame(k, image, record)` as each frame or beat is done."""
     from tqdm.auto import tqdm
 
     total = len(request.frames) if system["system"] == "storygptv" else request.beats + 1
@@ -225,11 +232,11 @@ def draw_request(pipe, system, request, characters, args):
     start = time.perf_counter()
     with tqdm(total=total, desc=request.title[:40], unit=unit, dynamic_ncols=True) as progress:
         if system["system"] == "storygptv":
-            images, frames, settings = draw_storygptv(pipe, request, characters, args, progress)
+            images, frames, settings = draw_storygptv(pipe, request, characters, args, progress, on_frame)
             name = "StoryGPT-V (Char-LDM + stage 2)" if pipe.stage2 is not None else (
                 "StoryGPT-V (Char-LDM)" if pipe.character_conditioning else "StoryGPT-V (plain LDM)")
         else:
-            images, frames, settings = draw_seed_story(pipe, request, args, progress)
+            images, frames, settings = draw_seed_story(pipe, request, args, progress, on_frame)
             name = f"SEED-Story ({settings['mode']} mode)"
     seconds = time.perf_counter() - start
     data = system["configs"][0].data
