@@ -104,16 +104,18 @@ def build(system: str, parts: dict, args, device: torch.device):
                 f"model.pretrained={parts['sd']}", f"model.image_encoder={parts['clip']}"], parts["image_size"]))
             stage2 = None
             if system == "stage2":
+                width = json.loads((Path(parts["sd"]) / "text_encoder/config.json").read_text())["hidden_size"]
                 align = build_task(recipe("configs/align/flintstones.yaml", [
-                    f"model.llm={parts['opt']}", f"model.vision_encoder={parts['clip']}", "model.stage1=unused"],
-                    parts["image_size"]))
+                    f"model.llm={parts['opt']}", f"model.vision_encoder={parts['clip']}", "model.stage1=unused",
+                    f"model.conditioning=[77,{width}]"], parts["image_size"]))
                 stage2 = align.conditioner
             size = ldm.image_encoder.image_size
             tokenizer = CLIPTokenizer.from_pretrained(args.tokenizer) if args.tokenizer else ldm.tokenizer
             pipe = StoryGPTVPipeline(
                 ldm.unet, ldm.vae, ldm.text_encoder, tokenizer,
                 scheduler_config(str(parts["sd"])), ldm.cfg.data.image_size,
-                DrawSettings(num_inference_steps=args.steps, start_merge_step=args.steps // 2, batch_size=args.frames),
+                DrawSettings(scheduler="DPMSolverMultistepScheduler", num_inference_steps=args.steps,
+                             start_merge_step=args.steps // 2, batch_size=args.frames),
                 image_encoder=ldm.image_encoder, fuse=ldm.fuse, names=NAMES,
                 references={name: torch.rand(3, size, size) for name in NAMES}, stage2=stage2)
     meta = [name for module in pipe.modules() for name, t in [*module.named_parameters(), *module.named_buffers()]

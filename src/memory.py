@@ -148,7 +148,8 @@ class Offload:
                 else:
                     self.hook(module, InputsToDevice(self.device))
                     self._sequential(module)
-        self.pipeline.execution_device = self.device
+        if self.tier != "none":  # the weights' device is not where the pipeline computes
+            self.pipeline.execution_device = self.device
         return self
 
     @staticmethod

@@ -25,7 +25,13 @@ class PipelineModels:
         """Move every model to `device`; cast them to `dtype`, the LLM to `llm_dtype` (default `dtype`)."""
         llm = self.llm_module()
         for module in self.modules():
-            module.to(device=device, dtype=(llm_dtype or dtype) if module is llm else dtype)
+            cast = (llm_dtype or dtype) if module is llm else dtype
+            if cast is not None and all(p.dtype == cast for p in module.parameters() if p.is_floating_point()):
+                cast = None  # already there (diffusers warns about any dtype given to its models' `to`)
+            if cast is not None:
+                module.to(device=device, dtype=cast)
+            elif device is not None:
+                module.to(device)
         return self
 
     def eval(self):
