@@ -7,7 +7,9 @@
 # Rows: (1) the SD 1.5 step (random weights, configs/bench/sd15.yaml) at 512 px, batch 8, bf16, ldm and
 # char_ldm, then char_ldm with gradient checkpointing, with PyTorch's allocator capped at 22 GiB (a 24 GB
 # card); (2) diffusers' train_text_to_image.py beside `python -m src.train` on the same random SD 1.5
-# folder and toy frames at 512 px, batch 8, bf16, data loading included, under the same cap.
+# folder and toy frames at 512 px, batch 8, bf16, data loading included, under the same cap; (3) the memory
+# tiers of drawing (bench/memory_tiers.py): StoryGPT-V with and without stage 2 and SEED-Story under each
+# --offload tier, peak GPU memory and seconds per frame (about 10 more minutes).
 # Needs: python3 >= 3.10 and the wheels of requirements.txt (CUDA torch) plus `datasets` for diffusers'
 # script; set PIP_NO_INDEX=1 PIP_FIND_LINKS=/path/to/wheelhouse on a machine without an index, or
 # STORYVIZ_VENV to an environment that has them. DIFFUSERS_SCRIPT: diffusers' examples/text_to_image/
@@ -84,5 +86,34 @@ if [ -n "${DIFFUSERS_SCRIPT:-}" ]; then
 else
   { echo "## Side by side with diffusers: skipped (DIFFUSERS_SCRIPT not set)"; echo; } >> "$TABLE"
 fi
+# (3) Memory tiers (bench/memory_tiers.py; docs/own_story.md "Will it fit my GPU?"): each system drawing one
+# story under --offload none / model / sequential, fp16, random weights at real size; one process and one
+# timeout per row, so a row that fails or runs out of time is marked and the others still run.
+if [ "$DRY" = 0 ]; then
+  TIER_ARGS=(--size real --frames 4 --steps 20 --dtype fp16) TIER_TIMEOUT=300
+else
+  TIER_ARGS=(--size tiny --sd-folder "$WORK/tiny/stable-diffusion-v1-5" --clip-folder "$WORK/tiny/clip" --frames 2
+             --steps 2 --dtype fp32 --device cpu) TIER_TIMEOUT=240
+fi
+stamp "memory tiers"
+{ echo "## Memory tiers: peak memory and seconds per frame, one story ($([ "$DRY" = 1 ] && echo 'tiny size' || echo 'real size, random weights'))"
+  echo
+  echo "| system | tier | size | dtype | frames | peak GiB | s/frame | params | hooked modules |"
+  echo "|---|---|---|---|---|---|---|---|---|"; } >> "$TABLE"
+for system in char_ldm stage2 seed_story; do
+  for tier in none model sequential; do
+    log="$WORK/tiers-$system-$tier.log"
+    if timeout "$TIER_TIMEOUT" python -m bench.memory_tiers --system "$system" --tier "$tier" "${TIER_ARGS[@]}" \
+        --tokenizer "$WORK/tiny/stable-diffusion-v1-5/tokenizer" > "$log" 2>&1; then
+      grep -E '^\| ' "$log" | tail -1 >> "$TABLE"
+    else
+      echo "| $system | $tier | FAILED (exit $?): see $log | | | | | | |" >> "$TABLE"
+    fi
+  done
+done
+{ echo; echo "Weights each tier holds, from parameter counts (an estimate: activations come on top):"; echo
+  timeout 300 python -m bench.memory_tiers --estimate --dtype fp16 2>/dev/null | grep -E '^(\||<!--)' \
+    || echo "FAILED: python -m bench.memory_tiers --estimate"; echo; } >> "$TABLE"
+
 stamp "done: $TABLE"
 cat "$TABLE"

@@ -49,6 +49,13 @@ ensure_venv() {  # ensure_venv REQUIREMENTS_FILE...
   export VIRTUAL_ENV="$VENV"
 }
 
+# ensure_studio: the studio's packages (requirements-studio.txt, after ensure_venv requirements.txt). gradio
+# declares pillow<13 and requirements.txt pins pillow 13, so pip's resolver would refuse the pair: the file
+# pins gradio and every package it needs beyond requirements.txt, installed without the resolver.
+ensure_studio() {
+  PIP_NO_DEPS=1 ensure_venv requirements-studio.txt
+}
+
 # run_task RUN: the `task:` of a run folder's config.yaml (RUN: the run folder, a checkpoint folder inside
 # it, or its best/ folder); empty when there is none. eval.sh dispatches on it.
 run_task() {

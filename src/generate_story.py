@@ -28,31 +28,7 @@ from pathlib import Path
 from src.errors import run_entry
 from src.models.story_cache import CONTEXT_MODES, SinkSettings
 from src.pipelines.seed_story import DECODE_POLICIES, GEN_MODES, DecodeSettings
-
-
-def resolve_runs(mllm, detokenizer) -> tuple:
-    """(MLLM run, its config, de-tokenizer run, its config, the SFT config the de-tokenizer's tokenizer is
-    read from) from the flags; every problem is one error naming the flag or key."""
-    from src.runs import open_run
-
-    dcfg = None
-    if detokenizer is not None:
-        dcfg = open_run(detokenizer, ("detokenizer", "story_adapt"), "--detokenizer")[2]
-    if mllm is None:
-        if dcfg is None or dcfg.task != "story_adapt":
-            raise ValueError("--mllm: required unless --detokenizer is a story_adapt run (which names its MLLM)")
-        mllm = Path(dcfg.model.sft_run)
-    mcfg = open_run(mllm, ("story_sft",), "--mllm")[2]
-    if detokenizer is None:
-        if mcfg.model.detokenizer_run is None:
-            raise ValueError(f"--detokenizer: not given, and the MLLM run ({mllm}) names no de-tokenizer "
-                             f"(its model.detokenizer_run)")
-        detokenizer = Path(mcfg.model.detokenizer_run)
-        dcfg = open_run(detokenizer, ("detokenizer",), f"{mllm}: key 'model.detokenizer_run'")[2]
-    tokenizer_cfg = dcfg
-    if dcfg.task == "story_adapt":  # its features are its SFT run's tokenizer's
-        tokenizer_cfg = open_run(dcfg.model.sft_run, ("story_sft",), f"{detokenizer}: key 'model.sft_run'")[2]
-    return Path(mllm), mcfg, Path(detokenizer), dcfg, tokenizer_cfg
+from src.runs import resolve_seed_story_runs as resolve_runs  # noqa: F401 (the name tests and tools import)
 
 
 def sink_images_arg(value: str):
@@ -95,43 +71,26 @@ def main(argv=None) -> int:
     if not 0 < args.top_p <= 1:
         raise ValueError(f"--top-p must be in (0, 1], got {args.top_p}")
 
-    import torch
-
     from src import runs
     from src.assets import ensure_assets
     from src.data.stories import read_split
-    from src.pipelines.seed_story import generate_seed_stories
+    from src.pipelines.seed_story import SeedStoryPipeline, generate_seed_stories
 
     # Every input is checked before a model is built: the runs, the visual tokenizers, the stories.
-    mllm_run, mcfg, detok_run, dcfg, tokenizer_cfg = resolve_runs(args.mllm, args.detokenizer)
+    mllm_run, mcfg, detok_run, dcfg, tokenizer_cfg = runs.resolve_seed_story_runs(args.mllm, args.detokenizer)
     runs.check_same_tokenizer(mcfg, tokenizer_cfg, f"the MLLM run ({mllm_run})", f"the de-tokenizer run ({detok_run})")
     root = args.data_root or Path(mcfg.data.root)
     stories = read_split(root, args.split)[1][:args.num_stories or None]
     ensure_assets(mcfg)
     ensure_assets(dcfg)
-    detok, _, dfile = runs.load_task(detok_run, args.weights)
-    meta = {"detokenizer_task": dcfg.task}
-    if dcfg.task == "story_adapt":
-        adapted_to = detok.upstream["sft_run"]["checkpoint"]
-        meta["adapted_to_mllm"] = adapted_to
-        if runs.open_run(mllm_run, ("story_sft",), "--mllm")[1].resolve() == Path(adapted_to).resolve():
-            mllm, mfile = detok.sft, Path(detok.upstream["sft_run"]["file"])  # the one it holds already
-        else:
-            print(f"note: the de-tokenizer was adapted to the MLLM at {adapted_to}, not {mllm_run}", file=sys.stderr)
-            mllm, _, mfile = runs.load_task(mllm_run, args.weights)
-    else:
-        mllm, _, mfile = runs.load_task(mllm_run, args.weights)
-    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    mllm.to(device).eval()
-    detok.to(device).eval()
+    pipe = SeedStoryPipeline.from_runs(mllm_run, detok_run, args.weights, args.device)
+    for note in pipe.notes:
+        print(f"note: {note}", file=sys.stderr)
     sink = SinkSettings(window_images=args.window_images, first_tokens=args.first_tokens,
                         sink_images=args.sink_images)
     decode = DecodeSettings(temperature=args.temperature, top_p=args.top_p, max_text_tokens=args.max_text_tokens,
                             seed=args.seed, policy=args.decode_policy)
-    meta.update({"mllm_checkpoint": str(mfile), "mllm_config": str(runs.run_folder_of(mllm_run) / "config.yaml"),
-                 "detokenizer_checkpoint": str(dfile), "detokenizer_config": str(runs.run_folder_of(detok_run) / "config.yaml"),
-                 "dataset_root": str(root), "split": args.split})
-    pipe = detok.pipeline(**mllm.writer_parts())
+    meta = {**pipe.provenance, "dataset_root": str(root), "split": args.split}
     out = generate_seed_stories(pipe, stories, root, args.out, args.mode, args.beats, args.context, sink, decode, meta,
                                 progress=True)
     print(f"samples: {out}")

@@ -170,3 +170,29 @@ def check_same_tokenizer(mllm_cfg, detok_cfg, mllm_name: str, detok_name: str) -
         if not same:
             raise ValueError(f"key 'model.{key}': {mllm_name} has '{mine}', {detok_name} '{theirs}'; both must "
                              f"use the same visual tokenizer")
+
+
+def resolve_seed_story_runs(mllm, detokenizer) -> tuple:
+    """SEED-Story's two runs from what the user named: (MLLM run, its config, de-tokenizer run, its config,
+    the SFT config the de-tokenizer's tokenizer is read from). `detokenizer` is a detokenizer run (stage 1)
+    or a story_adapt run (stage 3); without it, the MLLM run's `model.detokenizer_run` draws. Given a
+    story_adapt run, `mllm` may be None: the SFT run it was adapted to (its model.sft_run). Every problem
+    is one error naming the flag or key."""
+    dcfg = None
+    if detokenizer is not None:
+        dcfg = open_run(detokenizer, ("detokenizer", "story_adapt"), "--detokenizer")[2]
+    if mllm is None:
+        if dcfg is None or dcfg.task != "story_adapt":
+            raise ValueError("--mllm: required unless --detokenizer is a story_adapt run (which names its MLLM)")
+        mllm = Path(dcfg.model.sft_run)
+    mcfg = open_run(mllm, ("story_sft",), "--mllm")[2]
+    if detokenizer is None:
+        if mcfg.model.detokenizer_run is None:
+            raise ValueError(f"--detokenizer: not given, and the MLLM run ({mllm}) names no de-tokenizer "
+                             f"(its model.detokenizer_run)")
+        detokenizer = Path(mcfg.model.detokenizer_run)
+        dcfg = open_run(detokenizer, ("detokenizer",), f"{mllm}: key 'model.detokenizer_run'")[2]
+    tokenizer_cfg = dcfg
+    if dcfg.task == "story_adapt":  # its features are its SFT run's tokenizer's
+        tokenizer_cfg = open_run(dcfg.model.sft_run, ("story_sft",), f"{detokenizer}: key 'model.sft_run'")[2]
+    return Path(mllm), mcfg, Path(detokenizer), dcfg, tokenizer_cfg

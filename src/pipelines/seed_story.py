@@ -42,6 +42,7 @@ from PIL import Image
 
 from src.models.story_cache import SinkSettings, StoryKVCache, rope_inv_freq
 from src.models.story_mllm import BOI, EOI
+from src.pipelines.models import PipelineModels
 
 GEN_MODES = ("story", "vis")
 # How a beat's text is decoded in story mode: "constrained" (ours: after </img> only the separator or </s>,
@@ -90,7 +91,7 @@ class StoryWriter:
     """The MLLM side of generation: `mllm` a StoryMLLM, `special` its SpecialIds (story_sft's)."""
 
     def __init__(self, mllm, special, context: str, sink: SinkSettings, decode: DecodeSettings,
-                 separator: str = "[INST]"):
+                 separator: str = "[INST]", device=None):
         if decode.policy not in DECODE_POLICIES:
             raise ValueError(f"decode policy '{decode.policy}' is not one of {', '.join(DECODE_POLICIES)}")
         self.mllm, self.special, self.decode, self.separator = mllm, special, decode, separator
@@ -98,7 +99,7 @@ class StoryWriter:
         self.context, self.sink = ("dense" if self.refill else context), sink
         self.llm = mllm.llm
         self.inv_freq = rope_inv_freq(self.llm.lm)
-        self.device = mllm.input_resampler.query.device
+        self.device = device or mllm.input_resampler.query.device  # the execution device when offloaded
         self.banned = torch.tensor([special.eoi, *special.img], device=self.device)
         self.cache: Optional[StoryKVCache] = None
         self.last_hidden: Optional[torch.Tensor] = None
@@ -299,20 +300,72 @@ class DrawnBeat:
     features: torch.Tensor         # [Q,E] the features it was drawn from (beat 0: the opening image's)
 
 
-class SeedStoryPipeline:
+class SeedStoryPipeline(PipelineModels):
     """Components in, beats out. `detokenizer` (src/models/detokenizer.Detokenizer), `vae` and the frozen
     `visual_tokenizer` draw; `mllm` (src/models/story_mllm.StoryMLLM) with its `special` token ids writes
-    (absent: the pipeline only draws features, e.g. a de-tokenizer run's reconstructions)."""
+    (absent: the pipeline only draws features, e.g. a de-tokenizer run's reconstructions). Built from run
+    folders with `from_runs`; `provenance` records the runs and weights files, `notes` what the caller
+    should be told (e.g. a de-tokenizer adapted to another MLLM)."""
 
     def __init__(self, detokenizer, vae, visual_tokenizer, scheduler_config: dict, image_size: int,
                  settings: DetokenizerSettings, mllm=None, special=None, separator: str = "[INST]"):
         self.detokenizer, self.vae, self.visual_tokenizer = detokenizer, vae, visual_tokenizer
         self.scheduler_config, self.image_size, self.settings = scheduler_config, image_size, settings
         self.mllm, self.special, self.separator = mllm, special, separator
+        self.execution_device: Optional[torch.device] = None  # set by src/memory.py's offload tiers
+        self.provenance: dict = {}
+        self.notes: list[str] = []
 
     @property
     def device(self) -> torch.device:
-        return self.vae.device
+        """Where the pipeline computes: the execution device when the models are offloaded, else the VAE's."""
+        return self.execution_device or self.vae.device
+
+    # ---- building, moving, memory -----------------------------------------------------------------------
+    @classmethod
+    def from_runs(cls, mllm=None, detokenizer=None, weights: str = "auto", device=None, dtype=None,
+                  llm_dtype=None) -> "SeedStoryPipeline":
+        """The pipeline of a story_sft run (`mllm`, the MLLM) and a detokenizer or story_adapt run
+        (`detokenizer`; default the MLLM run's model.detokenizer_run; a story_adapt run alone brings the
+        MLLM it was adapted to). Each is a run folder, a checkpoint or best/. `weights`: auto / ema /
+        trained. `device`: default cuda when available; `dtype` the de-tokenizer's, VAE's and visual
+        tokenizer's, `llm_dtype` the MLLM's (default `dtype`; None: as trained). The runs' datasets and
+        weights must be on disk (the entries make sure with src/assets.py)."""
+        from src import runs
+
+        mllm_run, mcfg, detok_run, dcfg, tokenizer_cfg = runs.resolve_seed_story_runs(mllm, detokenizer)
+        runs.check_same_tokenizer(mcfg, tokenizer_cfg, f"the MLLM run ({mllm_run})", f"the de-tokenizer run ({detok_run})")
+        detok, _, dfile = runs.load_task(detok_run, weights)
+        provenance, notes = {"detokenizer_task": dcfg.task}, []
+        mllm_ckpt = runs.open_run(mllm_run, ("story_sft",), "--mllm")[1]
+        if dcfg.task == "story_adapt" and mllm_ckpt.resolve() == Path(detok.upstream["sft_run"]["checkpoint"]).resolve():
+            writer, mfile = detok.sft, Path(detok.upstream["sft_run"]["file"])  # the one it holds already
+        else:
+            if dcfg.task == "story_adapt":
+                notes.append(f"the de-tokenizer was adapted to the MLLM at {detok.upstream['sft_run']['checkpoint']}, "
+                             f"not {mllm_run}")
+            writer, _, mfile = runs.load_task(mllm_ckpt, weights)
+        if dcfg.task == "story_adapt":
+            provenance["adapted_to_mllm"] = detok.upstream["sft_run"]["checkpoint"]
+        provenance.update({"mllm_checkpoint": str(mfile), "mllm_config": str(runs.run_folder_of(mllm_run) / "config.yaml"),
+                           "detokenizer_checkpoint": str(dfile),
+                           "detokenizer_config": str(runs.run_folder_of(detok_run) / "config.yaml")})
+        pipe = detok.pipeline(**writer.writer_parts())
+        pipe.provenance, pipe.notes = provenance, notes
+        device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+        return pipe.to(device, dtype, llm_dtype).eval()
+
+    def components(self) -> list[tuple[str, list]]:
+        """The models the pipeline runs, grouped as they move together under model offloading (src/memory.py),
+        in the order they run: [(name, [modules])]. The MLLM (LLM and both resamplers) is one group."""
+        groups = [("visual_tokenizer", [self.visual_tokenizer])]
+        if self.mllm is not None:
+            groups.append(("mllm", [self.mllm]))
+        return [*groups, ("detokenizer_resampler", [self.detokenizer.resampler]),
+                ("unet", [self.detokenizer.unet]), ("vae", [self.vae])]
+
+    def llm_module(self):
+        return self.mllm
 
     @torch.no_grad()
     def features_of(self, frames: torch.Tensor) -> torch.Tensor:
@@ -345,7 +398,7 @@ class SeedStoryPipeline:
     def writer(self, context: str, sink: SinkSettings, decode: DecodeSettings) -> "StoryWriter":
         if self.mllm is None:
             raise ValueError("this pipeline has no MLLM (a de-tokenizer alone draws features, it writes no story)")
-        return StoryWriter(self.mllm, self.special, context, sink, decode, self.separator)
+        return StoryWriter(self.mllm, self.special, context, sink, decode, self.separator, device=self.device)
 
     def opening_features(self, image) -> torch.Tensor:
         """The opening frame (a PIL image, a path, or [3,T,T] in [-1,1] at the tokenizer's size) -> its

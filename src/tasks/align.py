@@ -222,13 +222,19 @@ class AlignTask(Task):
         return means.means()
 
     # ---- sampling (src/pipelines/storygptv.py) ------------------------------------------------------
-    def pipeline(self):
-        """Char-LDM's pipeline (the stage-1 run's models and merge step) with this stage's LLM, drawing with
-        this run's sample settings."""
-        ldm = self.stage1()
+    def pipeline(self, ldm=None):
+        """Char-LDM's pipeline (the stage-1 run's models and merge step; `ldm`: another char_ldm task to
+        draw with) with this stage's LLM, drawing with this run's sample settings."""
+        ldm = ldm or self.stage1()
         settings = DrawSettings.from_config(self.cfg.sample, ldm.start_merge_step(),
                                            self.cfg.model.pronoun_start_merge_step)
-        return ldm.pipeline(settings, stage2=self.conditioner, first_frame=self.cfg.model.first_frame)
+        return ldm.pipeline(settings, stage2=self.conditioner, first_frame=self.cfg.model.first_frame,
+                            stage2_target=self.cfg.model.target)
+
+    @property
+    def stage1_weights(self):
+        """The weights file of the Char-LDM `stage1()` loaded (None before it is loaded)."""
+        return self._stage1.get("weights")
 
     @torch.no_grad()
     def sample(self, out_dir: Path, split: str, num_stories: Optional[int] = None, seed: Optional[int] = None,

@@ -199,11 +199,11 @@ class CharLDMTask(LDMTask):
 
     def character_parts(self) -> dict:
         m = self.cfg.model
-        return {"image_encoder": self.image_encoder, "fuse": self.fuse, "name_patterns": self.name_patterns,
-                "max_characters": m.max_characters, "references": self.fixed_references(),
-                "references_from": f"{self.cfg.data.root}/meta.json", "name_tokens": m.name_tokens,
-                "fuse_names": m.fuse_names_at_sampling,
-                "character_names": [c["name"] for c in read_meta(self.cfg.data.root)["characters"]]}
+        return {"image_encoder": self.image_encoder, "fuse": self.fuse,
+                "names": [c["name"] for c in read_meta(self.cfg.data.root)["characters"]],
+                "aliases": dict(self.cfg.data.aliases), "max_characters": m.max_characters,
+                "references": self.fixed_references(), "references_from": f"{self.cfg.data.root}/meta.json",
+                "name_tokens": m.name_tokens, "fuse_names": m.fuse_names_at_sampling}
 
     def generation_meta(self) -> dict:
         return {"task": "char_ldm", "start_merge_step": self.cfg.model.start_merge_step,
