@@ -223,7 +223,7 @@ def test_ddp_prefix_legacy_names_and_layer_count(source):
 
 
 def test_config_is_checked_and_saved_for_generate(source, tmp_path, capsys):
-    from src.generate import run_folder_of
+    from src.runs import run_folder_of
 
     _, src = source
     recipe = str(REPO / "configs/char_ldm/toy.yaml")
@@ -251,17 +251,17 @@ def test_saved_config_selects_the_release_modes_unless_told_not_to(source, tmp_p
     _, src = source
     layers = f"model.image_encoder_trainable_layers={K}"
     out = tmp_path / "release"
-    assert main(["--src", str(src), "--out", str(out), "--config", str(REPO / "configs/ldm/toy.yaml"), layers,
+    assert main(["--src", str(src), "--out", str(out), "--config", str(REPO / "configs/char_ldm/toy.yaml"), layers,
                  "model.attention_loss=ours"]) == 0
     m = load_config(out / "config.yaml").model
     assert (m.name_tokens, m.reference_preprocess, m.mask_loss_antialias, m.text_only_max_characters,
             m.fuse_names_at_sampling, m.attention_loss) == ("release", "release", False, 1, True, "ours")
     out = tmp_path / "pororo"
-    assert main(["--src", str(src), "--out", str(out), "--config", str(REPO / "configs/ldm/toy.yaml"), layers,
+    assert main(["--src", str(src), "--out", str(out), "--config", str(REPO / "configs/char_ldm/toy.yaml"), layers,
                  "data.name=pororo"]) == 0
     assert load_config(out / "config.yaml").model.fuse_names_at_sampling is False
     out = tmp_path / "ours"
-    assert main(["--src", str(src), "--out", str(out), "--config", str(REPO / "configs/ldm/toy.yaml"), layers,
+    assert main(["--src", str(src), "--out", str(out), "--config", str(REPO / "configs/char_ldm/toy.yaml"), layers,
                  "--no-release-modes"]) == 0
     m = load_config(out / "config.yaml").model
     assert (m.name_tokens, m.reference_preprocess, m.attention_loss) == ("ours", "ours", "ours")

@@ -124,5 +124,5 @@ def test_caption_scores_compare_generated_with_the_right_references():
 
 
 def test_missing_captioner_says_what_to_put_where(tmp_path):
-    with pytest.raises(EvalInputError, match=r"(?s)blip2-opt-2\.7b.*eval\.convert_blip2 --lavis captioner\.pth"):
+    with pytest.raises(EvalInputError, match=r"(?s)blip2-opt-2\.7b.*src\.tools\.convert\.blip2 --lavis captioner\.pth"):
         load_captioner(tmp_path / "pretrained" / "blip2-opt-2.7b-flintstones", "cpu")
