@@ -130,7 +130,7 @@ def draw(pipe, system: str, frames: int, seed: int) -> int:
     if system == "seed_story":
         from PIL import Image
 
-        from src.pipelines.seed_story import DecodeSettings
+        from src.pipelines.story_writer import DecodeSettings
 
         size = pipe.visual_tokenizer.image_size
         captions = [f"Beat {k}: " + CAPTIONS[k % len(CAPTIONS)] for k in range(frames)]

@@ -91,7 +91,8 @@ def main(argv=None) -> None:
 
     from src.data.stories import read_split
     from src.data.toy import generate_toy_dataset
-    from src.pipelines.seed_story import DecodeSettings, generate_seed_stories
+    from src.pipelines.seed_story import generate_seed_stories
+    from src.pipelines.story_writer import DecodeSettings
     from src.runs import load_task
 
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))

@@ -27,7 +27,8 @@ from pathlib import Path
 
 from src.errors import run_entry
 from src.models.story_cache import CONTEXT_MODES, SinkSettings
-from src.pipelines.seed_story import DECODE_POLICIES, GEN_MODES, DecodeSettings
+from src.pipelines.seed_story import GEN_MODES
+from src.pipelines.story_writer import DECODE_POLICIES, DecodeSettings
 from src.runs import resolve_seed_story_runs as resolve_runs  # noqa: F401 (the name tests and tools import)
 
 

@@ -193,7 +193,7 @@ def draw_storygptv(pipe, request, characters: dict, args, progress, on_frame=Non
 
 def draw_seed_story(pipe, request, args, progress, on_frame=None) -> tuple[list, list, dict]:
     """(images, beat records, settings). `on_frame(k, image, record)` as each beat is drawn (the studio)."""
-    from src.pipelines.seed_story import DecodeSettings
+    from src.pipelines.story_writer import DecodeSettings
 
     overrides = {key: value for key, value in (("num_inference_steps", args.steps), ("guidance_scale", args.guidance),
                                                ("scheduler", args.scheduler)) if value is not None}

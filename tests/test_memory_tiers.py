@@ -54,7 +54,8 @@ def test_storygptv_offload_hooks_every_model_and_draws_the_same_pixels(storygptv
 
 
 def test_seed_story_offload_draws_the_same_beats(seed_runs):
-    from src.pipelines.seed_story import DecodeSettings, SeedStoryPipeline
+    from src.pipelines.seed_story import SeedStoryPipeline
+    from src.pipelines.story_writer import DecodeSettings
 
     pipe = SeedStoryPipeline.from_runs(seed_runs["mllm"], device="cpu")
     opening = seed_runs["data"] / "images/test_00000_0.png"

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from src.models.story_cache import SinkSettings, StoryKVCache, rope_inv_freq, rotate_keys
-from src.pipelines.seed_story import DecodeSettings, pick_token
+from src.pipelines.story_writer import DecodeSettings, pick_token
 
 K = 16
 
@@ -186,7 +186,7 @@ def test_image_tokens_are_forced_after_img(mllm_task, monkeypatch):
     """Even a model that would rather emit image tokens or </img> as text never does: outside an image
     they are banned; after <img> exactly the K image tokens and </img> follow, as one forced block; after
     </img> the whole separator."""
-    from src.pipelines.seed_story import StoryWriter
+    from src.pipelines.story_writer import StoryWriter
 
     s = mllm_task.special
     writer = StoryWriter(mllm_task.mllm, s, "dense", SinkSettings(), DecodeSettings(temperature=0.0))
@@ -210,7 +210,7 @@ def test_image_tokens_are_forced_after_img(mllm_task, monkeypatch):
 def test_the_released_refill_writes_what_dense_writes_re_feeding_the_whole_story_each_beat(mllm_task, monkeypatch):
     """dense_refill (the release's dense, a bench reference): the same attention as the cached dense, so
     the same story; but every beat feeds the whole story so far again, so the LLM's work grows with it."""
-    from src.pipelines.seed_story import REFILL, StoryWriter
+    from src.pipelines.story_writer import REFILL, StoryWriter
 
     features = mllm_task.visual_tokenizer.empty_features(1)[0]
     decode = DecodeSettings(temperature=0.0, max_text_tokens=6)
@@ -242,7 +242,7 @@ def test_the_released_refill_writes_what_dense_writes_re_feeding_the_whole_story
 
 
 def test_greedy_story_is_deterministic_and_a_seeded_sample_reproducible(mllm_task):
-    from src.pipelines.seed_story import StoryWriter
+    from src.pipelines.story_writer import StoryWriter
 
     features = mllm_task.visual_tokenizer.empty_features(1)[0]
 

@@ -270,8 +270,8 @@ class StoryGPTVPipeline(PipelineModels):
         settings = settings or self.settings
 
         def draw(captions: list[str], generators: list) -> list:
-            text_states, fused, names = self.condition(captions, ref_embeds, names)
-            draw.fused.extend(names)
+            text_states, fused, fused_names = self.condition(captions, ref_embeds, names)
+            draw.fused.extend(fused_names)
             return self.draw(text_states, fused, generators, settings, settings.start_merge_step, output_type)
         draw.fused = []
         return draw

@@ -243,7 +243,8 @@ class StoryAdaptTask(Task):
         """`split`'s stories drawn as generation draws them in vis mode (src/pipelines/seed_story.py): the
         MLLM reads the given captions and regresses each frame's features, the adapted de-tokenizer draws them."""
         from src.models.story_cache import SinkSettings
-        from src.pipelines.seed_story import DecodeSettings, generate_seed_stories
+        from src.pipelines.seed_story import generate_seed_stories
+        from src.pipelines.story_writer import DecodeSettings
 
         root = self.cfg.data.root
         stories = read_split(root, split)[1][:num_stories or None]

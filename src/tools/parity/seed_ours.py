@@ -296,7 +296,7 @@ def e2e_rows(world: World) -> list[Row]:
     de-tokenizer task's pipeline (its Euler scheduler, CFG against the empty image, the generator seeded
     as the release's)."""
     from src.models.story_cache import SinkSettings
-    from src.pipelines.seed_story import DecodeSettings, StoryWriter
+    from src.pipelines.story_writer import DecodeSettings, StoryWriter
 
     meta, exp = world.meta["seed_e2e"], expected(world, "seed_e2e")
     sft, detok = world.sft_task(), world.detokenizer_task()
@@ -325,14 +325,14 @@ def e2e_rows(world: World) -> list[Row]:
     note = f"{meta['steps']} Euler steps, CFG {meta['guidance_scale']}"
     return [
         Row("end to end: the prompt (<s> caption <img> features </img>)", "SEED-Story src/inference/gen_george.py",
-            "src/pipelines/seed_story.py:StoryWriter.start", "-",
+            "src/pipelines/story_writer.py:StoryWriter.start", "-",
             max_abs_diff(torch.tensor(beats[0].token_ids), exp["prompt_ids"][:len(beats[0].token_ids)])),
         Row("end to end: the beat's tokens (greedy, image-token logits processor)",
             f"{MODELS}:ContinuousLVLM.generate + generation.py:AutoImageTokenGenerationProcessor",
-            "src/pipelines/seed_story.py:StoryWriter (decode policy released)", both,
+            "src/pipelines/story_writer.py:StoryWriter (decode policy released)", both,
             max_abs_diff(torch.tensor(written), exp["generate_ids"])),
         Row("end to end: the beat's regressed features", f"{MODELS}:ContinuousLVLM.generate (img_gen_feat)",
-            "src/pipelines/seed_story.py:StoryWriter._image", both, max_abs_diff(regressed, exp["regressed"])),
+            "src/pipelines/story_writer.py:StoryWriter._image", both, max_abs_diff(regressed, exp["regressed"])),
         Row("end to end: final latents", drawn, "src/pipelines/seed_story.py:SeedStoryPipeline.draw_features", both,
             max_abs_diff(latents, exp["latents"]), tolerance=END_TO_END_TOLERANCE, note=note),
         Row("end to end: final images", drawn, "src/pipelines/seed_story.py:SeedStoryPipeline.draw_features", both,
