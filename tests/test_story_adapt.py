@@ -91,7 +91,7 @@ def test_the_mllm_stays_frozen_and_only_the_configured_parameters_change(upstrea
     assert any(not torch.equal(after[n], before[n]) for n in trained), "nothing trained"
     # the run read the SFT run folder and took the de-tokenizer that run's config names
     record = json.loads((run_dir(run, trainable) / "upstream.json").read_text())
-    assert record["sft_run"]["checkpoint"].endswith("up/checkpoints/step_000010")
+    assert record["sft_run"]["checkpoint"].endswith("story_sft/toy_story/gen/checkpoints/step_000030")
     assert record["detokenizer_run"]["checkpoint"] == str((upstream["detok"] / "checkpoints/step_000002").resolve())
 
 
@@ -170,7 +170,7 @@ def test_a_resumed_run_matches_and_generation_draws_with_the_adapted_detokenizer
     info = json.loads((out / "generation.json").read_text())
     assert info["detokenizer_task"] == "story_adapt"
     assert info["detokenizer_checkpoint"].endswith("straight/checkpoints/step_000004/trainable.safetensors")
-    assert info["mllm_checkpoint"].endswith("up/checkpoints/step_000010/trainable.safetensors")
+    assert info["mllm_checkpoint"].endswith("story_sft/toy_story/gen/checkpoints/step_000030/trainable.safetensors")
     assert info["stories"][0]["beats"] == 3
 
 
@@ -182,7 +182,7 @@ def test_a_run_is_rebuilt_only_from_the_upstream_checkpoint_it_was_trained_from(
     shutil.copytree(upstream["sft"], sft)
     run = overrides + [f"model.sft_run={sft}", "run_name=pinned", "train.max_steps=1", "train.checkpoint_every=1"]
     assert main(["--config", RECIPE, *run]) == 0
-    weights = sft / "checkpoints/step_000010/trainable.safetensors"
+    weights = sft / "checkpoints/step_000030/trainable.safetensors"
     weights.write_bytes(weights.read_bytes())  # the SFT run's latest weights are now another file
     assert run_entry(main, ["--config", RECIPE, *run, "train.max_steps=2", "train.resume=latest"]) == 2
     lines = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error:")]
