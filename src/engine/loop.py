@@ -43,6 +43,28 @@ def _to_device(batch: dict, device) -> dict:
     return {k: v.to(device, non_blocking=True) if torch.is_tensor(v) else v for k, v in batch.items()}
 
 
+class NonFiniteGuard:
+    """Remembers, on the device, the first step whose loss was not finite; `check()` reads it (a host sync)
+    and stops the run. The loop checks on log steps and before every checkpoint, validation and sample, so
+    a GPU is not stalled every step and no checkpoint of non-finite weights is ever written."""
+
+    def __init__(self, device):
+        self.step = torch.full((), -1.0, dtype=torch.float64, device=device)  # -1: every loss finite so far
+        self.loss = torch.zeros((), dtype=torch.float64, device=device)
+
+    def update(self, step: int, loss: torch.Tensor) -> None:
+        # Python scalars enter torch.where as kernel arguments: no host-to-device copy, so no sync.
+        newly = (self.step < 0) & ~torch.isfinite(loss)
+        self.step = torch.where(newly, float(step), self.step)
+        self.loss = torch.where(newly, loss.to(torch.float64), self.loss)
+
+    def check(self) -> None:
+        step = int(self.step.item())
+        if step >= 0:
+            loss = self.loss.item()
+            raise FloatingPointError(f"step {step}: loss is {loss}; lower optim.lr or check the data")
+
+
 def micro_step(accelerator, model, optimizer, params, batch: dict, grad_clip: float) -> dict:
     """Forward, backward and (on the last micro-batch of an accumulation) clip + optimizer step."""
     with accelerator.accumulate(model):
@@ -149,37 +171,42 @@ def train(cfg) -> Path:
                     disable=not accelerator.is_local_main_process, dynamic_ncols=True)
     started, step, last_saved = time.time(), start_step, None
     best = ckpt.read_best(run_dir / "best")
-    running = {}
+    guard = NonFiniteGuard(accelerator.device)
     while step < cfg.train.max_steps:
+        running = {}  # this step's losses, averaged over its micro-batches, kept on the device
         for _ in range(cfg.train.grad_accum):
             batch = _to_device(next(batches), accelerator.device)
             losses = micro_step(accelerator, model, optimizer, params, batch, cfg.train.grad_clip)
             for name, value in losses.items():
-                running[name] = running.get(name, 0.0) + value.detach().float().item() / cfg.train.grad_accum
+                value = value.detach().float() / cfg.train.grad_accum
+                running[name] = running[name] + value if name in running else value
         scheduler.step()
         if ema is not None:
             ema.step(params)
         step += 1
-        if not math.isfinite(running["loss"]):
-            raise FloatingPointError(f"step {step}: loss is {running['loss']}; lower optim.lr or check the data")
+        guard.update(step, running["loss"])
         progress.update(1)
-        if step % cfg.train.log_every == 0 or step == cfg.train.max_steps:
-            logs = {f"train/{k}": v for k, v in running.items()}
+        logging_now = step % cfg.train.log_every == 0 or step == cfg.train.max_steps
+        if logging_now:
+            guard.check()  # the one host sync of a step, on log steps only
+            logs = {f"train/{k}": v.item() for k, v in running.items()}
             logs["train/lr"] = scheduler.get_last_lr()[0]
             accelerator.log(logs, step=step)
-            progress.set_postfix(loss=f"{running['loss']:.4f}", lr=f"{logs['train/lr']:.2e}")
+            progress.set_postfix(loss=f"{logs['train/loss']:.4f}", lr=f"{logs['train/lr']:.2e}")
             trackers.write_jsonl(logs, step)
-        running = {}
 
         out_of_time = cfg.train.max_minutes > 0 and (time.time() - started) / 60 >= cfg.train.max_minutes
         done = step == cfg.train.max_steps or out_of_time
         if step % cfg.train.checkpoint_every == 0 or done:
+            guard.check()  # never write non-finite weights
             ckpt.save_checkpoint(ckpt_root, step, task, optimizer, scheduler, ema, accelerator,
                                  cfg.train.keep_last, model)
             last_saved = step
         if cfg.train.validate_every and (step % cfg.train.validate_every == 0 or done):
+            guard.check()
             best = _validate(task, accelerator, step, run_dir, trackers, best)
         if (cfg.train.sample_every and step % cfg.train.sample_every == 0) or done:
+            guard.check()
             _sample(task, ema, params, accelerator, run_dir / "samples" / runs.step_dir_name(step), cfg)
         if out_of_time:
             accelerator.print(f"stopping at step {step}: train.max_minutes={cfg.train.max_minutes} reached")
