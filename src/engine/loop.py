@@ -16,13 +16,14 @@ from accelerate import Accelerator
 from accelerate.state import AcceleratorState
 from accelerate.utils import ProjectConfiguration, set_seed
 from diffusers.optimization import get_scheduler
-from diffusers.training_utils import EMAModel
+from torch.profiler import record_function
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from src import runs
 from src.config import save_config
 from src.engine import checkpoint as ckpt
+from src.engine import ema as ema_lib
 from src.engine import zero
 from src.engine.sampler import StepBatchSampler
 from src.engine.tracking import start_trackers, tracker_backends
@@ -66,14 +67,19 @@ class NonFiniteGuard:
 
 
 def micro_step(accelerator, model, optimizer, params, batch: dict, grad_clip: float) -> dict:
-    """Forward, backward and (on the last micro-batch of an accumulation) clip + optimizer step."""
+    """Forward, backward and (on the last micro-batch of an accumulation) clip + optimizer step. The phases
+    are named for torch.profiler (`record_function`; nothing is recorded without a profiler)."""
     with accelerator.accumulate(model):
-        losses = model(batch)
-        accelerator.backward(losses["loss"])
-        if accelerator.sync_gradients and grad_clip > 0:
-            accelerator.clip_grad_norm_(params, grad_clip)
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
+        with record_function("step/forward"):
+            losses = model(batch)
+        with record_function("step/backward"):
+            accelerator.backward(losses["loss"])
+        with record_function("step/clip"):
+            if accelerator.sync_gradients and grad_clip > 0:
+                accelerator.clip_grad_norm_(params, grad_clip)
+        with record_function("step/optimizer"):
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
     return losses
 
 
@@ -141,10 +147,7 @@ def train(cfg) -> Path:
     scheduler = make_lr_schedule(cfg.optim, optimizer, cfg.train.max_steps)
     model, optimizer = accelerator.prepare(task, optimizer)
     zero.announce(accelerator, model)
-    ema = None
-    if cfg.train.ema:
-        ema = EMAModel(params, decay=cfg.train.ema_decay, foreach=True)
-        ema.to(accelerator.device)
+    ema = ema_lib.make_ema(cfg, accelerator, model, params)  # under ZeRO: the EMA of each process's shard
 
     ckpt_root = run_dir / "checkpoints"
     start_step = 0
@@ -245,21 +248,19 @@ def _sample(task, ema, params, accelerator, out_dir: Path, cfg) -> None:
     """Sample stories with the EMA weights when EMA is on; leaves every RNG untouched (exact resume).
 
     Under ZeRO-3 every process runs the same forward passes (each layer gathers its partitioned weights
-    from all processes); only the main process keeps the images."""
+    from all processes); only the main process keeps the images. Under ZeRO-2 and ZeRO-3 every process
+    takes part in putting the EMA weights in place (they are gathered from every process's shard)."""
     if not getattr(task, "draws_samples", True):  # a stage with nothing to draw (e.g. story_sft)
         return
     everyone = zero.stage(accelerator) == 3
-    if accelerator.is_main_process or everyone:
-        with torch.random.fork_rng(devices=[]), tempfile.TemporaryDirectory() as scratch:
-            if ema is not None:
-                ema.store(params)
-                ema.copy_to(params)
-            task.eval()
-            try:
-                task.sample(out_dir if accelerator.is_main_process else Path(scratch) / out_dir.name,
-                            cfg.sample.split, cfg.sample.num_stories)
-            finally:
-                task.train()
-                if ema is not None:
-                    ema.restore(params)
+    draws = accelerator.is_main_process or everyone
+    with torch.random.fork_rng(devices=[]), ema_lib.in_use(ema, params, task, draws):
+        if draws:
+            with tempfile.TemporaryDirectory() as scratch:
+                task.eval()
+                try:
+                    task.sample(out_dir if accelerator.is_main_process else Path(scratch) / out_dir.name,
+                                cfg.sample.split, cfg.sample.num_stories)
+                finally:
+                    task.train()
     accelerator.wait_for_everyone()
