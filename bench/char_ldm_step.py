@@ -49,6 +49,7 @@ from bench.common import (
     peak_tflops,
     prepare_training,
     print_table,
+    profile_step,
     reset_peak,
     sd15_components,
     throughput_columns,
@@ -109,10 +110,12 @@ def synthetic_items(names: list[str], batch_size: int, resolution: int, ref_size
 
 def bench_one(variant: str, arch: str, batch_size: int, resolution: int, precision: str, steps: int, warmup: int,
               tiny_root: Path, data_root: Path, gradient_checkpointing: bool, batch_source: str,
-              flops: bool, given_peak: float | None, overrides: list[str] = ()) -> tuple[dict, str, float]:
+              flops: bool, given_peak: float | None, overrides: list[str] = (), profile: bool = False
+              ) -> tuple[dict, str, float]:
     from src.data.stories import read_meta
     from src.engine.loop import micro_step
     from src.tasks.char_ldm import CharLDMTask
+    from src.tasks.ldm import LDMTask
 
     char = variant == "char_ldm"
     cfg = toy_config([f"train.batch_size={batch_size}", f"train.mixed_precision={precision}",
@@ -124,7 +127,7 @@ def bench_one(variant: str, arch: str, batch_size: int, resolution: int, precisi
     if arch == "sd15":
         components = sd15_components(Path(cfg.model.pretrained),
                                      cfg.model.image_encoder_trainable_layers if char else None)
-    task = CharLDMTask(cfg, components)
+    task = (CharLDMTask if char else LDMTask)(cfg, components)
     if batch_source == "dataset":
         items = dataset_items(task, batch_size)
     else:
@@ -140,12 +143,19 @@ def bench_one(variant: str, arch: str, batch_size: int, resolution: int, precisi
         return micro_step(accelerator, model, optimizer, params, batch, cfg.train.grad_clip)
 
     torch.manual_seed(0)  # both variants draw the same dropout / timesteps / noise sequence
+    step()  # a first step (with model.cache_latents it builds the cache: not part of a step's FLOPs)
     step_flops = count_flops(step) if flops else None
     peak, peak_source = peak_tflops(device, precision, given_peak)
     losses = []
     reset_peak(device)
     seconds = timed(lambda: losses.append(step()), steps, warmup, device)
     memory, memory_kind = peak_memory_gib(device)
+    if profile:  # one more step under torch.profiler: where its time goes
+        phases, ops = profile_step(step, device)
+        print(f"\n{variant}: one step under torch.profiler, by phase (micro_step's record_function ranges)\n")
+        print_table(phases, ["phase", "s", "share"])
+        print(f"\n{variant}: the operators with the most self time\n")
+        print_table(ops, list(ops[0]))
     trainable = sum(p.numel() for p in params)
     row = {"variant": variant, "arch": arch, "trainable": f"{trainable / 1e6:.1f}M", "res": resolution,
            "batch": batch_size, "precision": precision,
@@ -173,6 +183,8 @@ def main(argv=None) -> None:
     parser.add_argument("--peak-tflops", type=float, default=None,
                         help="the device's dense peak for MFU (default: bench/common.py's table on known GPUs)")
     parser.add_argument("--no-flops", action="store_true", help="skip the FLOP count (and MFU)")
+    parser.add_argument("--profile", action="store_true",
+                        help="after the timed steps, one step under torch.profiler: seconds per phase, top operators")
     parser.add_argument("--memory-limit-gib", type=float, default=None,
                         help="GPU: let torch's allocator hold at most this much (emulates a smaller card; "
                              "a step that needs more is reported as OOM)")
@@ -196,7 +208,7 @@ def main(argv=None) -> None:
                 row, peak_source, seconds[variant, batch_size] = bench_one(
                     variant, args.arch, batch_size, resolution, precision, args.steps, args.warmup, args.tiny_root,
                     args.data, args.gradient_checkpointing, args.batch_source, not args.no_flops, args.peak_tflops,
-                    args.set)
+                    args.set, args.profile)
             except torch.cuda.OutOfMemoryError:
                 limit = f" (limit {args.memory_limit_gib:g} GiB)" if args.memory_limit_gib else ""
                 row = {"variant": variant, "arch": args.arch, "res": resolution, "batch": batch_size,

@@ -143,6 +143,35 @@ def throughput_columns(batch_size: int, seconds: float, flops: Optional[int], pe
     return row
 
 
+def profile_step(step, device: torch.device, top: int = 12) -> tuple[list[dict], list[dict]]:
+    """One call of `step` under torch.profiler: (the engine's phases, as micro_step names them, with their
+    seconds and share; the `top` operators by self time). CPU time on a CPU, device time on a GPU."""
+    from torch.profiler import ProfilerActivity, profile
+
+    cuda = device.type == "cuda"
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
+    with profile(activities=activities) as prof:
+        step()
+        if cuda:
+            torch.cuda.synchronize()
+    events = prof.key_averages()
+
+    def total(event):
+        return (event.device_time_total if cuda else event.cpu_time_total) / 1e6
+
+    def own(event):
+        return (event.self_device_time_total if cuda else event.self_cpu_time_total) / 1e6
+
+    phases = {e.key: total(e) for e in events if e.key.startswith("step/")}
+    whole = sum(phases.values()) or 1.0
+    phase_rows = [{"phase": name, "s": f"{value:.3f}", "share": f"{100 * value / whole:.0f}%"}
+                  for name, value in phases.items()]
+    ops = sorted((e for e in events if not e.key.startswith("step/")), key=own, reverse=True)[:top]
+    op_rows = [{"operator": e.key, "self s": f"{own(e):.3f}", "share of step": f"{100 * own(e) / whole:.0f}%",
+                "calls": e.count} for e in ops]
+    return phase_rows, op_rows
+
+
 def print_table(rows: list[dict], columns: list[str]) -> None:
     widths = {c: max(len(c), *(len(str(r.get(c, ""))) for r in rows)) for c in columns}
     print("| " + " | ".join(c.ljust(widths[c]) for c in columns) + " |")

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import torch
 
-from bench.common import REPO, sd15_components, toy_config
+from bench.common import REPO, sd15_components, sd15_spec, toy_config
 
 
 def save_random_sd15(out: Path, tiny_root: Path, seed: int = 0) -> Path:
@@ -38,6 +38,16 @@ def save_random_sd15(out: Path, tiny_root: Path, seed: int = 0) -> Path:
     pipeline.save_pretrained(out, safe_serialization=True)
     shutil.rmtree(out / "tokenizer")
     shutil.copytree(tokenizer_source / "tokenizer", out / "tokenizer")
+    return out
+
+
+def save_random_clip_vision(out: Path, seed: int = 0) -> Path:
+    """A CLIPVisionModelWithProjection folder with CLIP ViT-L/14's vision tower (configs/bench/sd15.yaml
+    `vision_encoder:`) and random weights: Char-LDM's `model.image_encoder` at real size (about 1.2 GB)."""
+    from transformers import CLIPVisionConfig, CLIPVisionModelWithProjection
+
+    torch.manual_seed(seed)
+    CLIPVisionModelWithProjection(CLIPVisionConfig(**sd15_spec()["vision_encoder"])).save_pretrained(out)
     return out
 
 

@@ -26,6 +26,7 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
+from src.engine import ema as ema_lib
 from src.engine import zero
 from src.runs import list_checkpoints, load_weights, step_dir_name
 
@@ -47,11 +48,6 @@ def _set_rng_state(state: dict) -> None:
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
-
-
-def _ema_split(ema) -> tuple[list, dict]:
-    state = ema.state_dict()
-    return state.pop("shadow_params"), state
 
 
 def _uses_deepspeed(accelerator) -> bool:
@@ -78,15 +74,17 @@ def save_checkpoint(root: Path, step: int, task, optimizer, scheduler, ema, acce
     accelerator.wait_for_everyone()
     torch.save(_rng_state(), tmp / f"rng_state_{accelerator.process_index}.pt")
     weights = _trainable_weights(task, accelerator)
+    ema_weights = None
+    if ema is not None and (_uses_deepspeed(accelerator) or accelerator.is_main_process):
+        ema_weights = ema_lib.full_weights(ema, task)  # gathered from every process's shard under ZeRO
     if _uses_deepspeed(accelerator):  # frozen weights come from model.pretrained, not the checkpoint
         model.save_checkpoint(str(tmp / "deepspeed"), tag="state", exclude_frozen_parameters=True)
     if accelerator.is_main_process:
-        names = list(weights)
         save_file({k: v.contiguous().cpu() for k, v in weights.items()}, tmp / "trainable.safetensors")
         ema_counters = None
         if ema is not None:
-            shadow, ema_counters = _ema_split(ema)
-            save_file({n: t.contiguous().cpu() for n, t in zip(names, shadow)}, tmp / "ema.safetensors")
+            ema_counters = ema_lib.counters(ema)
+            save_file({n: t.contiguous().cpu() for n, t in ema_weights.items()}, tmp / "ema.safetensors")
         torch.save({} if _uses_deepspeed(accelerator) else optimizer.state_dict(), tmp / "optimizer.pt")
         torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
         state = {"step": step, "world_size": accelerator.num_processes, "ema": ema_counters}
@@ -126,9 +124,7 @@ def load_checkpoint(path: Path, task, optimizer, scheduler, ema, accelerator, mo
     if ema is not None:
         if state["ema"] is None:
             raise ValueError(f"{path}: train.ema is on but the checkpoint has no EMA state")
-        shadow = load_file(str(path / "ema.safetensors"))
-        names = list(task.trainable_state_dict())
-        ema.load_state_dict({**state["ema"], "shadow_params": [shadow[n] for n in names]})
+        ema_lib.load(ema, task, state["ema"], load_file(str(path / "ema.safetensors")))
     if _uses_deepspeed(accelerator):
         # DeepSpeed's own load cannot be strict (the checkpoint holds only the trainable weights:
         # exclude_frozen_parameters above), so the trainable names and shapes are checked here first; the

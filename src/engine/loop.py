@@ -16,13 +16,14 @@ from accelerate import Accelerator
 from accelerate.state import AcceleratorState
 from accelerate.utils import ProjectConfiguration, set_seed
 from diffusers.optimization import get_scheduler
-from diffusers.training_utils import EMAModel
+from torch.profiler import record_function
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from src import runs
 from src.config import save_config
 from src.engine import checkpoint as ckpt
+from src.engine import ema as ema_lib
 from src.engine import zero
 from src.engine.sampler import StepBatchSampler
 from src.engine.tracking import start_trackers, tracker_backends
@@ -43,15 +44,42 @@ def _to_device(batch: dict, device) -> dict:
     return {k: v.to(device, non_blocking=True) if torch.is_tensor(v) else v for k, v in batch.items()}
 
 
+class NonFiniteGuard:
+    """Remembers, on the device, the first step whose loss was not finite; `check()` reads it (a host sync)
+    and stops the run. The loop checks on log steps and before every checkpoint, validation and sample, so
+    a GPU is not stalled every step and no checkpoint of non-finite weights is ever written."""
+
+    def __init__(self, device):
+        self.step = torch.full((), -1.0, dtype=torch.float64, device=device)  # -1: every loss finite so far
+        self.loss = torch.zeros((), dtype=torch.float64, device=device)
+
+    def update(self, step: int, loss: torch.Tensor) -> None:
+        # Python scalars enter torch.where as kernel arguments: no host-to-device copy, so no sync.
+        newly = (self.step < 0) & ~torch.isfinite(loss)
+        self.step = torch.where(newly, float(step), self.step)
+        self.loss = torch.where(newly, loss.to(torch.float64), self.loss)
+
+    def check(self) -> None:
+        step = int(self.step.item())
+        if step >= 0:
+            loss = self.loss.item()
+            raise FloatingPointError(f"step {step}: loss is {loss}; lower optim.lr or check the data")
+
+
 def micro_step(accelerator, model, optimizer, params, batch: dict, grad_clip: float) -> dict:
-    """Forward, backward and (on the last micro-batch of an accumulation) clip + optimizer step."""
+    """Forward, backward and (on the last micro-batch of an accumulation) clip + optimizer step. The phases
+    are named for torch.profiler (`record_function`; nothing is recorded without a profiler)."""
     with accelerator.accumulate(model):
-        losses = model(batch)
-        accelerator.backward(losses["loss"])
-        if accelerator.sync_gradients and grad_clip > 0:
-            accelerator.clip_grad_norm_(params, grad_clip)
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
+        with record_function("step/forward"):
+            losses = model(batch)
+        with record_function("step/backward"):
+            accelerator.backward(losses["loss"])
+        with record_function("step/clip"):
+            if accelerator.sync_gradients and grad_clip > 0:
+                accelerator.clip_grad_norm_(params, grad_clip)
+        with record_function("step/optimizer"):
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
     return losses
 
 
@@ -119,10 +147,7 @@ def train(cfg) -> Path:
     scheduler = make_lr_schedule(cfg.optim, optimizer, cfg.train.max_steps)
     model, optimizer = accelerator.prepare(task, optimizer)
     zero.announce(accelerator, model)
-    ema = None
-    if cfg.train.ema:
-        ema = EMAModel(params, decay=cfg.train.ema_decay, foreach=True)
-        ema.to(accelerator.device)
+    ema = ema_lib.make_ema(cfg, accelerator, model, params)  # under ZeRO: the EMA of each process's shard
 
     ckpt_root = run_dir / "checkpoints"
     start_step = 0
@@ -149,37 +174,42 @@ def train(cfg) -> Path:
                     disable=not accelerator.is_local_main_process, dynamic_ncols=True)
     started, step, last_saved = time.time(), start_step, None
     best = ckpt.read_best(run_dir / "best")
-    running = {}
+    guard = NonFiniteGuard(accelerator.device)
     while step < cfg.train.max_steps:
+        running = {}  # this step's losses, averaged over its micro-batches, kept on the device
         for _ in range(cfg.train.grad_accum):
             batch = _to_device(next(batches), accelerator.device)
             losses = micro_step(accelerator, model, optimizer, params, batch, cfg.train.grad_clip)
             for name, value in losses.items():
-                running[name] = running.get(name, 0.0) + value.detach().float().item() / cfg.train.grad_accum
+                value = value.detach().float() / cfg.train.grad_accum
+                running[name] = running[name] + value if name in running else value
         scheduler.step()
         if ema is not None:
             ema.step(params)
         step += 1
-        if not math.isfinite(running["loss"]):
-            raise FloatingPointError(f"step {step}: loss is {running['loss']}; lower optim.lr or check the data")
+        guard.update(step, running["loss"])
         progress.update(1)
-        if step % cfg.train.log_every == 0 or step == cfg.train.max_steps:
-            logs = {f"train/{k}": v for k, v in running.items()}
+        logging_now = step % cfg.train.log_every == 0 or step == cfg.train.max_steps
+        if logging_now:
+            guard.check()  # the one host sync of a step, on log steps only
+            logs = {f"train/{k}": v.item() for k, v in running.items()}
             logs["train/lr"] = scheduler.get_last_lr()[0]
             accelerator.log(logs, step=step)
-            progress.set_postfix(loss=f"{running['loss']:.4f}", lr=f"{logs['train/lr']:.2e}")
+            progress.set_postfix(loss=f"{logs['train/loss']:.4f}", lr=f"{logs['train/lr']:.2e}")
             trackers.write_jsonl(logs, step)
-        running = {}
 
         out_of_time = cfg.train.max_minutes > 0 and (time.time() - started) / 60 >= cfg.train.max_minutes
         done = step == cfg.train.max_steps or out_of_time
         if step % cfg.train.checkpoint_every == 0 or done:
+            guard.check()  # never write non-finite weights
             ckpt.save_checkpoint(ckpt_root, step, task, optimizer, scheduler, ema, accelerator,
                                  cfg.train.keep_last, model)
             last_saved = step
         if cfg.train.validate_every and (step % cfg.train.validate_every == 0 or done):
+            guard.check()
             best = _validate(task, accelerator, step, run_dir, trackers, best)
         if (cfg.train.sample_every and step % cfg.train.sample_every == 0) or done:
+            guard.check()
             _sample(task, ema, params, accelerator, run_dir / "samples" / runs.step_dir_name(step), cfg)
         if out_of_time:
             accelerator.print(f"stopping at step {step}: train.max_minutes={cfg.train.max_minutes} reached")
@@ -218,21 +248,19 @@ def _sample(task, ema, params, accelerator, out_dir: Path, cfg) -> None:
     """Sample stories with the EMA weights when EMA is on; leaves every RNG untouched (exact resume).
 
     Under ZeRO-3 every process runs the same forward passes (each layer gathers its partitioned weights
-    from all processes); only the main process keeps the images."""
+    from all processes); only the main process keeps the images. Under ZeRO-2 and ZeRO-3 every process
+    takes part in putting the EMA weights in place (they are gathered from every process's shard)."""
     if not getattr(task, "draws_samples", True):  # a stage with nothing to draw (e.g. story_sft)
         return
     everyone = zero.stage(accelerator) == 3
-    if accelerator.is_main_process or everyone:
-        with torch.random.fork_rng(devices=[]), tempfile.TemporaryDirectory() as scratch:
-            if ema is not None:
-                ema.store(params)
-                ema.copy_to(params)
-            task.eval()
-            try:
-                task.sample(out_dir if accelerator.is_main_process else Path(scratch) / out_dir.name,
-                            cfg.sample.split, cfg.sample.num_stories)
-            finally:
-                task.train()
-                if ema is not None:
-                    ema.restore(params)
+    draws = accelerator.is_main_process or everyone
+    with torch.random.fork_rng(devices=[]), ema_lib.in_use(ema, params, task, draws):
+        if draws:
+            with tempfile.TemporaryDirectory() as scratch:
+                task.eval()
+                try:
+                    task.sample(out_dir if accelerator.is_main_process else Path(scratch) / out_dir.name,
+                                cfg.sample.split, cfg.sample.num_stories)
+                finally:
+                    task.train()
     accelerator.wait_for_everyone()

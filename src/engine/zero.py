@@ -62,9 +62,6 @@ def configure(accelerator, cfg) -> None:
                            f"{accelerator.distributed_type}; refusing to train with another setup than asked")
     if not in_use(accelerator):
         return
-    if cfg.train.ema:
-        raise ValueError("train.ema=true: EMA is not supported under DeepSpeed ZeRO yet (the fp32 weights are "
-                         "sharded across processes); train without it or launch with ddp / cpu_ddp")
     ds = accelerator.state.deepspeed_plugin.deepspeed_config
     ds["train_micro_batch_size_per_gpu"] = cfg.train.batch_size
     ds["gradient_accumulation_steps"] = cfg.train.grad_accum

@@ -1,8 +1,14 @@
 """The character encoder: a CLIP vision tower whose pooled, projected CLS token is one embedding per
 character reference image (StoryGPT-V §3.1; docs/storygpt_v.md: CLIP ViT-L/14 at 224 px, last 2 layers train).
 
-Shapes: N reference images, R the tower's input size, P its projection width.
-  pixel_values [N,3,R,R] in [0,1] (already padded to square and resized) -> embeds [N,P]
+The tower runs in two parts: `frozen_states` (patch and position embeddings, pre-norm and the frozen
+layers: nothing there trains, so its output depends on the image alone and a fixed reference's can be
+computed once and kept) and `embed_states` (the trained layers, the post-norm of the CLS token and the
+projection).
+
+Shapes: N reference images, R the tower's input size, T = (R/patch)^2 + 1 tokens, W the tower's width,
+P its projection width.
+  pixel_values [N,3,R,R] in [0,1] (already padded to square and resized) -> states [N,T,W] -> embeds [N,P]
 """
 from __future__ import annotations
 
@@ -31,8 +37,9 @@ class CharacterImageEncoder(nn.Module):
         layers = self.vision_model.encoder.layers
         if not 0 <= trainable_layers <= len(layers):
             raise ValueError(f"image_encoder_trainable_layers={trainable_layers}, but the tower has {len(layers)} layers")
+        self.num_frozen_layers = len(layers) - trainable_layers  # frozen_states runs these
         self.requires_grad_(False)
-        for layer in layers[len(layers) - trainable_layers:]:
+        for layer in layers[self.num_frozen_layers:]:
             layer.requires_grad_(True)
 
     @classmethod
@@ -50,13 +57,34 @@ class CharacterImageEncoder(nn.Module):
     def embed_dim(self) -> int:
         return self.visual_projection.out_features
 
+    @torch.no_grad()
+    def frozen_states(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        """[N,3,R,R] in [0,1] -> [N,T,W]: the tower up to its first trained layer (CLIPVisionModel's forward,
+        step by step)."""
+        vision = self.vision_model
+        pixel_values = (pixel_values - self.mean) / self.std
+        states = vision.pre_layrnorm(vision.embeddings(pixel_values.to(self.visual_projection.weight.dtype)))
+        for layer in vision.encoder.layers[:self.num_frozen_layers]:
+            states = layer(states, None)
+        return states
+
+    def pooled_states(self, states: torch.Tensor) -> torch.Tensor:
+        """`frozen_states`' output [N,T,W] -> the tower's pooled CLS state [N,W] (before the projection)."""
+        vision = self.vision_model
+        for layer in vision.encoder.layers[self.num_frozen_layers:]:
+            states = layer(states, None)
+        return vision.post_layernorm(states[:, 0, :])
+
+    def embed_states(self, states: torch.Tensor) -> torch.Tensor:
+        """`frozen_states`' output [N,T,W] -> embeds [N,P]."""
+        return self.visual_projection(self.pooled_states(states))
+
     def pooled(self, pixel_values: torch.Tensor) -> torch.Tensor:
         """[N,3,R,R] in [0,1] -> the tower's pooled CLS state [N,W] (before the projection)."""
-        pixel_values = (pixel_values - self.mean) / self.std
-        return self.vision_model(pixel_values=pixel_values.to(self.visual_projection.weight.dtype)).pooler_output
+        return self.pooled_states(self.frozen_states(pixel_values))
 
     def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
-        return self.visual_projection(self.pooled(pixel_values))
+        return self.embed_states(self.frozen_states(pixel_values))
 
 
 def clip_processor_pixels(frames: torch.Tensor, size: int) -> torch.Tensor:

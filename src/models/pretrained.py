@@ -7,6 +7,9 @@ class with `from_config` on the meta device: no weight is read or allocated, so 
 and a folder that holds only `config.json` files (tests/assets/config_only/) is enough. Every module a
 task creates itself inside the context (a fuse, a mapper) lands on the meta device too.
 
+`config_only(device)` does the same on a real device: the models get their classes' random initial
+weights there (benchmarks of real-size steps).
+
 Tokenizers have no config-only form (their vocabulary is a data file), so inside `config_only()` a
 tokenizer is a `ShapeOnlyTokenizer`: token ids of the right shape, read from the folder's
 `tokenizer_config.json` (`model_max_length`). Outside the context nothing changes: the real tokenizer
@@ -28,11 +31,13 @@ _CONFIG_ONLY = contextvars.ContextVar("storyviz_config_only", default=False)
 
 
 @contextlib.contextmanager
-def config_only():
-    """Inside: `load_pretrained` builds from config files alone, and every new tensor is on `meta`."""
+def config_only(device="meta"):
+    """Inside: `load_pretrained` builds from config files alone, and every new tensor is on `device`: the
+    meta device (the shape check), or a real one, where the models get random weights (bench/real_step.py
+    times real-size steps without downloading weights)."""
     token = _CONFIG_ONLY.set(True)
     try:
-        with torch.device("meta"):
+        with torch.device(device):
             yield
     finally:
         _CONFIG_ONLY.reset(token)

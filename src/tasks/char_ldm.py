@@ -66,6 +66,7 @@ class CharLDMTask(LDMTask):
         self.attention_modules = install_processors(self.unet, list(m.attention_layers), self.attention_store)
         self._name_patterns = None  # from the dataset's meta.json on first use (the constructor reads no data)
         self._fixed_refs = None  # {name: [3,R,R]}, loaded on first use
+        self._fixed_states = None  # (validity key, {name: [T,W]}): fixed_reference_states
 
     # ---- names and references ---------------------------------------------------------------------
     @property
@@ -132,23 +133,67 @@ class CharLDMTask(LDMTask):
         m = self.cfg.model
         batch_size, num_slots = slots.shape
         embeds = torch.zeros(batch_size, num_slots, self.image_encoder.embed_dim, device=slots.device)
+        cached = self.fixed_reference_states() if m.cache_references and m.fixed_reference_prob > 0 else {}
         if not slots.any():  # one blank reference, weighted 0: the same modules run on every step and
             # process (DDP needs every trainable weight in the graph; ZeRO-3 gathers weights module by module)
             size = self.image_encoder.image_size
-            return embeds + self.image_encoder(embeds.new_zeros(1, 3, size, size)).sum() * 0.0
+            return embeds + self.embed_references(embeds.new_zeros(1, 3, size, size), {}, {}).sum() * 0.0
         aug = m.reference_augment
         refs = augment_references(batch["ref_pixels"][slots], batch["ref_masks"][slots], rotate=aug.rotate,
                                   scale=tuple(aug.scale), translate=aug.translate, flip=aug.flip,
                                   jitter=aug.jitter, gray=aug.gray, blur=aug.blur)
+        fixed_rows = {}  # row of refs -> the name whose fixed reference replaces it
         if m.fixed_reference_prob > 0:
             names = [batch["characters"][b][j] for b, j in torch.nonzero(slots).tolist()]
             use_fixed = (torch.rand(len(names)) < m.fixed_reference_prob).tolist()
             fixed = self.fixed_references()
-            for n, (name, swap) in enumerate(zip(names, use_fixed)):
-                if swap and name in fixed:
+            fixed_rows = {n: name for n, (name, swap) in enumerate(zip(names, use_fixed)) if swap and name in fixed}
+            if not m.cache_references:
+                for n, name in fixed_rows.items():
                     refs[n] = fixed[name].to(refs)
-        embeds[slots] = self.image_encoder(refs).to(embeds.dtype)
+                fixed_rows = {}
+        embeds[slots] = self.embed_references(refs, fixed_rows, cached).to(embeds.dtype)
         return embeds
+
+    def embed_references(self, refs: torch.Tensor, fixed_rows: dict, cached: dict) -> torch.Tensor:
+        """refs [N,3,R,R] -> [N,D]. A row of `fixed_rows` takes its fixed reference's frozen tower states from
+        `cached`, so the frozen layers run on the other rows only. Under ZeRO-3 every process must call the
+        same modules in the same order (each gathers its weights from all processes, and DeepSpeed prefetches
+        along the order it recorded): the tower's two halves are called on every path, never its forward."""
+        encoder = self.image_encoder
+        fresh = [n for n in range(len(refs)) if n not in fixed_rows]
+        if not fixed_rows:
+            return encoder.embed_states(encoder.frozen_states(refs))
+        if fresh:
+            fresh_states = encoder.frozen_states(refs[fresh])
+        elif hasattr(encoder.visual_projection.weight, "ds_id"):  # ZeRO-3 (above): the frozen layers run on
+            # one blank image, discarded
+            fresh_states = encoder.frozen_states(refs[:1] * 0)[:0]
+        else:
+            fresh_states = None
+        first = next(iter(cached.values()))
+        states = first.new_empty(len(refs), *first.shape)
+        if fresh_states is not None:
+            states[fresh] = fresh_states
+        for n, name in fixed_rows.items():
+            states[n] = cached[name]
+        return encoder.embed_states(states)
+
+    def fixed_reference_states(self) -> dict:
+        """{name: [T,W]}: the frozen tower states of every fixed reference (model.cache_references), computed
+        once for all names together, again only when the frozen weights' dtype or device or the autocast
+        setting changes (the engine's hold_frozen_in, sampling in fp32). Called on every training step, so
+        that every process builds it on the same step."""
+        weight = self.image_encoder.visual_projection.weight
+        device_type = weight.device.type
+        key = (weight.dtype, weight.device, torch.is_autocast_enabled(device_type), torch.get_autocast_dtype(device_type))
+        if self._fixed_states is None or self._fixed_states[0] != key:
+            fixed = self.fixed_references()
+            names = sorted(fixed)
+            refs = torch.stack([fixed[name] for name in names]).to(weight.device) if names else None
+            states = self.image_encoder.frozen_states(refs) if names else []
+            self._fixed_states = (key, dict(zip(names, states)))
+        return self._fixed_states[1]
 
     def training_step(self, batch):
         m = self.cfg.model

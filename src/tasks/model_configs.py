@@ -73,6 +73,7 @@ class CharLDMModelConfig(LDMModelConfig):
         "down_blocks.1", "down_blocks.2", "mid_block", "up_blocks.1", "up_blocks.2"])
     mask_loss_prob: float = 0.3           # MSE restricted to the characters' union mask on this share of batches
     fixed_reference_prob: float = 0.0     # train with the dataset's fixed chars/ reference instead of the crop
+    cache_references: bool = True         # the tower's frozen layers run once per fixed reference, not per use
     reference_augment: ReferenceAugmentConfig = field(default_factory=ReferenceAugmentConfig)
     start_merge_step: int = 16            # sampling: text-only conditioning for this many steps, fused after
     # (the release's --start_merge_step N samples N + 1 text-only steps: `i <= N`, models/pipeline.py)
