@@ -41,12 +41,16 @@ def bench(runs, overrides, modes=("window",), extra=()):
 
 
 def table(stdout: str) -> list[dict]:
-    """The bench's printed table as rows {column: cell}."""
+    """The bench's first printed table (the modes; per-bin and text tables follow it) as rows {column: cell}."""
     lines = stdout.splitlines()
     header = next(i for i, line in enumerate(lines) if line.startswith("| beats"))
     columns = [cell.strip() for cell in lines[header].strip("|").split("|")]
-    return [dict(zip(columns, (cell.strip() for cell in line.strip("|").split("|"))))
-            for line in lines[header + 2:] if line.startswith("|")]
+    rows = []
+    for line in lines[header + 2:]:
+        if not line.startswith("|"):
+            break
+        rows.append(dict(zip(columns, (cell.strip() for cell in line.strip("|").split("|")))))
+    return rows
 
 
 def test_each_mode_is_scored_by_the_reference_datasets_classifier(seed_runs, classifier, toy_root):
@@ -101,18 +105,36 @@ def test_a_classifier_of_other_settings_or_labels_is_refused(seed_runs, classifi
         ensure_classifier(protocol, "cpu")
 
 
-def test_sink_images_rows_the_released_refill_and_the_plot(seed_runs, classifier, tmp_path):
+def test_sink_images_rows_the_released_refill_the_spread_the_bins_the_text_and_the_plot(seed_runs, classifier, tmp_path):
     _, overrides = classifier
-    plot = tmp_path / "beats.svg"
-    proc = bench(seed_runs, overrides, modes=("dense_refill", "multimodal_sink"),
-                 extra=("--sink-images", "all", "0", "--window-images", "1", "--split", "val", "--plot", str(plot)))
+    plot, report = tmp_path / "beats.svg", tmp_path / "bench.json"
+    proc = bench(seed_runs, overrides, modes=("dense_refill", "window", "multimodal_sink"),
+                 extra=("--sink-images", "all", "0", "--window-images", "1", "--split", "val", "--plot", str(plot),
+                        "--stories", "2", "--bin", "1", "--text", "--json", str(report), "--first-tokens", "2"))
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert "1 val stories per length" in proc.stdout
+    assert "2 val stories per length" in proc.stdout and "first tokens 2" in proc.stdout
     rows = table(proc.stdout)
-    assert [row["mode"] for row in rows] == ["dense_refill", "multimodal_sink, all sink images (released)",
-                                             "multimodal_sink, 0 sink images"]
-    assert all(0 <= float(row["Char-Acc (%)"]) <= 100 and float(row["LLM s/beat, last 10"]) > 0 for row in rows)
-    svg = plot.read_text()
-    assert svg.count("<polyline") == 3 and "multimodal_sink, 0 sink images" in svg
+    labels = ["dense_refill", "window", "multimodal_sink, all sink images (released)", "multimodal_sink, 0 sink images"]
+    assert [row["mode"] for row in rows[:4]] == labels
+    assert all(0 <= float(row["Char-Acc (%)"]) <= 100 and float(row["LLM s/beat, last 10"]) > 0 for row in rows[:4])
+    # per-story spread: the mean over stories is the overall Char-Acc (every story has as many scored beats)
+    for row in rows[:4]:
+        mean = float(row["Char-Acc ± SE (stories)"].split(" ± ")[0])
+        assert mean == pytest.approx(float(row["Char-Acc (%)"]), abs=0.06), row
+    assert "Δ Char-Acc vs window" not in rows[0] or rows[0]["Δ Char-Acc vs window"] == ""
+    assert rows[2]["Δ Char-Acc vs window"].startswith(("+", "-"))
+    data = json.loads(report.read_text())
+    bins = data["bins"]["3"]
+    assert list(bins) == labels and [b["beats"] for b in bins["window"]] == ["1-1", "2-2"]
+    assert all(b["frames"] == 2 and 0 <= b["char_acc"] <= 100 and b["frechet"] >= 0 for b in bins["window"])
+    per_story = data["per_story"]["3"]["window"]
+    assert len(per_story) == 2 and all(v in (0.0, 50.0, 100.0) for v in per_story.values())
+    # story mode's text: every mode, then the ground truth, whose cast is whole in its opening beat
+    text = data["text"]
+    assert [row["mode"] for row in text] == [*labels, "ground truth"]
+    assert text[-1]["cast introduced"].startswith("100.0") and text[-1]["place follows"].startswith("100.0")
+    svg = plot.read_text()  # seconds per beat, Char-Acc per bin, Frechet distance per bin: one line per row each
+    assert svg.count("<polyline") == 3 * 4 and "multimodal_sink, 0 sink images" in svg
+    assert "Char-Acc per 1-beat bin" in svg and "Frechet distance per 1-beat bin" in svg
     bad = bench(seed_runs, overrides, extra=("--sink-images", "three"))
     assert bad.returncode == 2 and "--sink-images: not 'all' or an integer >= 0: 'three'" in bad.stderr

@@ -241,6 +241,49 @@ def test_the_released_refill_writes_what_dense_writes_re_feeding_the_whole_story
     assert [n for _, n in refills] == sorted(n for _, n in refills)
 
 
+def test_a_sink_shaped_training_sample_regresses_what_generation_regresses(mllm_task, runs):
+    """Stage 2's sink-shaped sample (story_sequence.sink_sequence) holds the tokens, image features and
+    positions the multimodal-sink cache holds when generation writes that beat: with one LLM layer (a
+    cached token's key and value then depend on the token and its position alone) the sample's last
+    beat regresses exactly the features the writer regressed, from the same earlier features."""
+    import copy
+
+    from src.data.stories import read_split
+    from src.data.story_sequence import pad_batch, sink_sequence
+    from src.pipelines.story_writer import StoryWriter
+    from src.tasks.story_sft import beat_text
+
+    mllm = copy.deepcopy(mllm_task.mllm)
+    lm = mllm.llm.lm
+    layers = next(module for name, module in lm.named_modules() if name.endswith("model.layers"))
+    del layers[1:]
+    lm.config.num_hidden_layers = 1
+    story = read_split(runs["data"], "val")[1][0]
+    sink = SinkSettings(window_images=2, sink_images=1)
+    writer = StoryWriter(mllm, mllm_task.special, "multimodal_sink", sink, DecodeSettings(temperature=0.0),
+                         mllm_task.cfg.model.separator)
+    torch.manual_seed(0)
+    size = mllm_task.visual_tokenizer.image_size
+    opening = mllm_task.visual_tokenizer(torch.rand(1, 3, size, size) * 2 - 1)[0]
+    beats, stats = writer.write(story.captions[0], opening, 7, story.captions[:7])
+    assert stats["evicted_beats"] == [0, 1, 2, 3]
+    captions = [beat_text(mllm.llm, c, mllm_task.cfg.model.separator) for c in story.captions[:7]]
+    seq = sink_sequence(captions, 6, mllm_task.special, sink)
+    shown = [i for i, g in enumerate(seq.hidden_group) if g < 0]
+    assert len(shown) == len(writer.cache.slots) + 1   # the cache's tokens (beat 6's included), then </s>
+    assert [seq.input_ids[i] for i in shown][:4] == [mllm_task.special.bos, *captions[0].opening[:3]]
+    t = pad_batch([seq], mllm_task.special.eos)
+    image_tokens = torch.zeros(len(seq.input_beats), len(mllm_task.special.img), dtype=torch.bool)
+    for i, kept in enumerate(seq.input_tokens):
+        image_tokens[i, list(kept)] = True
+    assert image_tokens.sum(1).tolist() == [15, 16, 16]   # beat 3's head and tail (the 8th token goes), beats 4, 5
+    with torch.no_grad():
+        features = torch.stack([beats[b].features for b in seq.input_beats])
+        hidden = mllm(t["input_ids"], features, t["cmp_mask"], t["attention_mask"], t["position_ids"], image_tokens)
+        regressed = mllm.regress(hidden, t["gen_mask"])[-1]
+    torch.testing.assert_close(regressed, beats[6].features, rtol=1e-4, atol=1e-4)
+
+
 def test_greedy_story_is_deterministic_and_a_seeded_sample_reproducible(mllm_task):
     from src.pipelines.story_writer import StoryWriter
 

@@ -11,7 +11,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from src.data.story_sequence import IGNORE, BeatText, SpecialIds, build_sequence, fit_sequence, pad_batch
+from src.data.story_sequence import IGNORE, BeatText, SpecialIds, build_sequence, fit_sequence, pad_batch, sink_sequence
 from src.data.toy_sprites import BACKGROUNDS
 from src.engine.tracking import read_metrics
 
@@ -139,6 +139,51 @@ def test_long_samples_are_cut_by_whole_beats_from_the_front():
         fit_sequence(CAPTIONS, 4, IDS, "every", 10, "story 'x'")
 
 
+# ---- sink-shaped samples: the context the multimodal-sink cache holds ------------------------------------
+
+TEXTS6 = TEXTS + [[20, 21, 22, 23, 24, 25]]
+CAPTIONS6 = [BeatText(tuple(t), IDS.separator + tuple(t), IDS.separator + tuple(t)) for t in TEXTS6]
+# K=4 image tokens: [<img>-2, <img>+2) and [</img>-1, </img>+1) keep 2 text tokens, <img>, image tokens 0 and 3, </img>
+FRAGMENTS = dict(before_boi=2, after_boi=2, before_eoi=1, after_eoi=1)
+WINDOW = [*IDS.separator, 14, 15, 16, 17, 90, 100, 101, 102, 103, 91, *IDS.separator, 18, 19, 90, 100, 101, 102, 103, 91]
+LAST = [*IDS.separator, 20, 21, 22, 23, 24, 25, 90, 100, 101, 102, 103, 91, IDS.eos]
+
+
+@pytest.mark.parametrize("sink_images,kept,fragments", [
+    (1, [1, 10, 11, 12, 7, 8, 90, 100, 103, 91], [(2, (0, 3))]),   # <s> + 3 opening tokens; beat 2's head and tail
+    (0, [1, 10, 11, 12], []),                                       # the first tokens alone
+    (None, [1, 10, 11, 12, 90, 100, 103, 91, 8, 13, 90, 100, 103, 91, 7, 8, 90, 100, 103, 91],
+     [(0, (0, 3)), (1, (0, 3)), (2, (0, 3))])])                     # as released: every evicted image
+def test_a_sink_shaped_sample_holds_what_the_cache_keeps_then_the_window_whole(sink_images, kept, fragments):
+    """Beat 5 written with a window of 2 images: beats 0..2 are evicted; the sample shows what the cache
+    keeps of them, then beats 3 and 4 whole, then beat 5, at positions 0..n-1 (the cache re-rotates its
+    kept keys to 0..n-1)."""
+    from src.models.story_cache import SinkSettings
+
+    seq = sink_sequence(CAPTIONS6, 5, IDS, SinkSettings(window_images=2, sink_images=sink_images, **FRAGMENTS))
+    shown = [i for i, g in enumerate(seq.hidden_group) if g < 0]
+    assert [seq.input_ids[i] for i in shown] == kept + WINDOW + LAST
+    assert [seq.position_ids[i] for i in shown] == list(range(len(shown)))
+    assert list(zip(seq.input_beats, seq.input_tokens)) == fragments + [(3, (0, 1, 2, 3)), (4, (0, 1, 2, 3))]
+    assert sum(seq.cmp_mask) == sum(len(t) for t in seq.input_tokens) and seq.target_beats == [3, 4, 5]
+    assert seq.first == 3
+    # nothing of the evicted beats is supervised; the window's beats and the last are, as the every-beat pass does
+    supervised = [t for b in (3, 4, 5) for t in (*IDS.separator, *TEXTS6[b], IDS.boi)] + [IDS.eos]
+    assert [t for t in seq.targets if t != IGNORE] == supervised
+    assert all(t == IGNORE for t in seq.targets[:len(kept) - 1])
+    last_only = sink_sequence(CAPTIONS6, 5, IDS, SinkSettings(window_images=2, sink_images=sink_images, **FRAGMENTS), "last")
+    assert last_only.target_beats == [5] and [t for t in last_only.targets if t != IGNORE] == LAST[:-6] + [IDS.eos]
+
+
+def test_a_sink_shaped_sample_with_nothing_evicted_is_the_whole_story():
+    from src.models.story_cache import SinkSettings
+
+    seq = sink_sequence(CAPTIONS6, 3, IDS, SinkSettings(window_images=3))
+    assert seq.input_ids == build_sequence(CAPTIONS6, 0, 3, IDS, "every").input_ids and seq.first == 0
+    with pytest.raises(ValueError, match="a context beat and a target beat"):
+        sink_sequence(CAPTIONS6, 0, IDS, SinkSettings())
+
+
 # ---- the task ---------------------------------------------------------------------------------------------
 
 def build(overrides, extra=()):
@@ -185,6 +230,33 @@ def test_added_tokens_trainable_parts_and_cut_samples_are_counted(overrides):
     first = task.training_step(batch)
     assert first["samples_cut"] == 3 and first["samples_cut_total"] == 3  # 10 beats never fit in 200 tokens
     assert task.training_step(batch)["samples_cut_total"] == 6
+
+
+def test_sink_shaped_samples_are_drawn_at_their_probability_and_train(overrides, monkeypatch):
+    """model.sink_shaped.probability=1: every sample of a story long enough to evict a beat is sink-shaped
+    (windows drawn in 1..window_images, the target after the window); the step trains on it."""
+    task = build(overrides, ["model.sink_shaped.probability=1", "model.sink_shaped.window_images=3"])
+    seen = []
+    real = task.losses
+    monkeypatch.setattr(task, "losses", lambda batch, seqs: seen.append(seqs) or real(batch, seqs))
+    data = task.train_dataset()
+    batch = task.collate([data[i] for i in range(4)])
+    torch.manual_seed(0)
+    out = task.training_step(batch)
+    assert torch.isfinite(out["loss"]) and out["samples_cut"] == 0
+    for seq, beats in zip(seen[0], batch["num_beats"]):
+        window = len(seq.target_beats) - 1        # every-beat: the window's beats and the last are targets
+        assert 1 <= window <= 3 and seq.first > 0 and seq.target_beats[-1] < beats
+        # the last evicted beat's image: the release's head and tail, all of its 16 tokens but the 8th
+        assert seq.input_beats[0] == seq.first - 1 and seq.input_tokens[0] == (*range(7), *range(8, 16))
+    out["loss"].backward()
+    assert task.mllm.input_resampler.query.grad is not None
+    for bad, message in (("model.sink_shaped.probability=2", "model.sink_shaped.probability"),
+                         ("model.sink_shaped.window=some", "model.sink_shaped.window"),
+                         ("model.sink_shaped.sink_images=-1", "model.sink_shaped.sink_images"),
+                         ("model.sink_shaped.after_eoi=-1", "model.sink_shaped.after_eoi")):
+        with pytest.raises(ValueError, match=message):
+            build(overrides, [bad])
 
 
 def test_loss_falls_through_the_real_entry(overrides):

@@ -75,6 +75,8 @@ class StorySequence:
     gen_mask: list[bool] = field(default_factory=list)
     input_beats: list[int] = field(default_factory=list)    # beat of each input image, in sequence order
     target_beats: list[int] = field(default_factory=list)   # beat of each target image, in sequence order
+    input_tokens: list[tuple[int, ...]] = field(default_factory=list)  # per input image: which of its K tokens
+                                                            # the sequence holds (all; fewer in a sink-shaped one)
     first: int = 0                                          # beats before it were cut
 
     def __len__(self) -> int:
@@ -99,6 +101,26 @@ class _Writer:
         s.cmp_mask.append(cmp)
         s.gen_mask.append(gen)
         self.next_pos += 1
+
+    def whole_beat(self, text: tuple[int, ...], beat: int, target: bool, last: bool, ids: SpecialIds) -> None:
+        """A beat's text, `<img>`, its image and `</img>`: the last beat's image a plain target; a target
+        before it (every-beat) a hidden query block, then the features later beats read; else an input."""
+        for token in text:
+            self.put(token, target)
+        self.put(ids.boi, target)
+        if target and not last:
+            self.hidden_queries(ids.img, len(self.seq.target_beats))
+            self.seq.target_beats.append(beat)
+        if target and last:
+            for token in ids.img:
+                self.put(token, False, gen=True)
+            self.seq.target_beats.append(beat)
+        else:
+            for token in ids.img:
+                self.put(token, False, cmp=True)
+            self.seq.input_beats.append(beat)
+            self.seq.input_tokens.append(tuple(range(len(ids.img))))
+        self.put(ids.eoi, False)
 
     def hidden_queries(self, ids: tuple[int, ...], group: int) -> None:
         """A query block at the positions the next K visible tokens will take, seen by no other token."""
@@ -129,24 +151,10 @@ def build_sequence(captions: list[BeatText], first: int, last: int, ids: Special
     w = _Writer()
     w.seq.first = first
     for b in range(first, last + 1):
-        target = b == last or (supervision == "every" and b > first)
         if b == first and ids.bos is not None:
             w.put(ids.bos, False)
-        for token in beat_tokens(captions[b], b, first, last, supervision):
-            w.put(token, target)
-        w.put(ids.boi, target)
-        if target and b < last:  # every-beat: a hidden query block, then the features for later beats
-            w.hidden_queries(ids.img, len(w.seq.target_beats))
-            w.seq.target_beats.append(b)
-        if target and b == last:
-            for token in ids.img:
-                w.put(token, False, gen=True)
-            w.seq.target_beats.append(b)
-        else:
-            for token in ids.img:
-                w.put(token, False, cmp=True)
-            w.seq.input_beats.append(b)
-        w.put(ids.eoi, False)
+        w.whole_beat(beat_tokens(captions[b], b, first, last, supervision), b,
+                     b == last or (supervision == "every" and b > first), b == last, ids)
     w.put(ids.eos, True)
     return w.seq
 
@@ -164,6 +172,57 @@ def fit_sequence(captions: list[BeatText], last: int, ids: SpecialIds, supervisi
             raise ValueError(f"{where}: beats {first}..{last} take {len(seq)} tokens, more than "
                              f"model.max_length={max_length} even with one context beat")
         first += 1
+
+
+def context_stream(captions: list[BeatText], upto: int, ids: SpecialIds) -> list[tuple[int, str, int]]:
+    """Beats 0..upto-1 as generation's cache receives them, one (beat, kind, token id) per token, kinds as
+    src/models/story_cache.py names them: beat 0 `<s>` + its opening text, later beats the separator and
+    caption after `</img>` (BeatText.continued), then `<img>`, the K image tokens, `</img>`."""
+    stream = []
+    for b in range(upto):
+        text = ((ids.bos,) if ids.bos is not None else ()) + captions[b].opening if b == 0 else captions[b].continued
+        stream += [(b, "text", t) for t in text] + [(b, "boi", ids.boi)]
+        stream += [(b, "img", t) for t in ids.img] + [(b, "eoi", ids.eoi)]
+    return stream
+
+
+def sink_sequence(captions: list[BeatText], last: int, ids: SpecialIds, sink, supervision: str = "every") -> StorySequence:
+    """A sink-shaped sample (ours; docs/seed_story_implementation.md, "Sink-shaped samples"): the context
+    beat `last` is written in under the multimodal-sink cache `sink` (a SinkSettings), token for token and
+    position for position. Beats 0..last-1 go through the cache's own eviction (story_cache.kept_stream);
+    the kept tokens of the evicted beats (the first tokens, the head and tail of the last `sink_images`
+    images: their image tokens a subset of the K, `input_tokens`) come first, at positions 0.., then the
+    window's beats and `last` whole, as the every-beat pass writes context beats after the first (each a
+    target under `every`; only `last` under `last`, its text placed as the release's response). With
+    nothing evicted it is build_sequence(0..last)."""
+    from src.models.story_cache import kept_stream
+
+    if supervision not in SUPERVISION:
+        raise ValueError(f"supervision '{supervision}' is not one of {', '.join(SUPERVISION)}")
+    if not 0 < last < len(captions):
+        raise ValueError(f"a sample needs a context beat and a target beat: beat {last} of {len(captions)}")
+    stream = context_stream(captions, last, ids)
+    kinds = [[kind for beat, kind, _ in stream if beat == b] for b in range(last)]
+    slots, evicted = kept_stream(kinds, "multimodal_sink", sink)
+    if not evicted:
+        return build_sequence(captions, 0, last, ids, supervision)
+    w = _Writer()
+    w.seq.first = evicted[-1] + 1
+    for beat in evicted:  # slots are in stream order, so beat by beat
+        fragment = []     # the image tokens (0..K-1) kept of its image
+        for slot in (slot for slot in slots if slot.beat == beat):
+            _, kind, token = stream[slot.index]
+            w.put(token, False, cmp=kind == "img")
+            if kind == "img":
+                fragment.append(ids.img.index(token))
+        if fragment:
+            w.seq.input_beats.append(beat)
+            w.seq.input_tokens.append(tuple(fragment))
+    for b in range(evicted[-1] + 1, last + 1):
+        text = captions[b].response if supervision == "last" and b == last else captions[b].continued
+        w.whole_beat(text, b, b == last or supervision == "every", b == last, ids)
+    w.put(ids.eos, True)
+    return w.seq
 
 
 def attention_mask(hidden_group: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:

@@ -94,6 +94,7 @@ class StoryKVCache:
     evicted: list[int] = field(default_factory=list)   # evicted beats, oldest first
     fragments: list[int] = field(default_factory=list)  # evicted beats whose head and tail are cached, oldest first
     peak_tokens: int = 0
+    track_only: bool = False   # slots only, no tensors: what a cache would hold (kept_stream)
 
     def __post_init__(self):
         if self.mode not in CONTEXT_MODES:
@@ -114,7 +115,7 @@ class StoryKVCache:
     def appended(self, beat, kinds: list[str]) -> None:
         """Record the tokens a forward just appended to `cache`, in order; `beat` one beat for all of them
         or a list, one per token."""
-        if self.cache.get_seq_length() != len(self.slots) + len(kinds):
+        if not self.track_only and self.cache.get_seq_length() != len(self.slots) + len(kinds):
             raise RuntimeError(f"cache holds {self.cache.get_seq_length()} tokens, slots say {len(self.slots) + len(kinds)}")
         beats = [beat] * len(kinds) if isinstance(beat, int) else beat
         for beat_of, kind in zip(beats, kinds, strict=True):
@@ -184,3 +185,17 @@ class StoryKVCache:
         """Bytes the cached keys and values take now."""
         return sum(layer.keys.numel() * layer.keys.element_size() * 2 for layer in self.cache.layers
                    if getattr(layer, "is_initialized", False))
+
+
+def kept_stream(beat_kinds: list[list[str]], mode: str, settings: SinkSettings) -> tuple[list[Slot], list[int]]:
+    """What a `mode` cache holds when generation starts the beat after these: beats 0..n-1 (their token
+    kinds, `beat_kinds`) fed whole in order, evicted as generation evicts them (before each beat).
+    Returns the kept slots (their positions are 0..len-1) and the evicted beats. Stage 2's sink-shaped
+    samples are built from it (src/data/story_sequence.py, sink_sequence), so a sample holds the tokens
+    and positions generation's cache holds."""
+    cache = StoryKVCache(mode, settings, torch.ones(1), track_only=True)
+    for beat, kinds in enumerate(beat_kinds):
+        cache.evict_if_full()
+        cache.appended(beat, kinds)
+    cache.evict_if_full()
+    return cache.slots, cache.evicted

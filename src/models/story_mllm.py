@@ -68,25 +68,30 @@ class StoryMLLM(nn.Module):
     def image_ids(self) -> tuple[int, ...]:
         return tuple(self.llm.token_id(f"<img_{j:05d}>") for j in range(self.num_image_tokens))
 
-    def embed(self, input_ids: torch.Tensor, features: torch.Tensor, cmp_mask: torch.Tensor) -> torch.Tensor:
-        """Token embeddings with the input images' resampled features spliced into their positions."""
+    def embed(self, input_ids: torch.Tensor, features: torch.Tensor, cmp_mask: torch.Tensor,
+              image_tokens: torch.Tensor | None = None) -> torch.Tensor:
+        """Token embeddings with the input images' resampled features spliced into their positions;
+        `image_tokens` [N_in,K] bool: which of each image's K tokens the sequence holds (None: all; fewer
+        in a sink-shaped sample, whose evicted images keep only their head and tail)."""
         embeds = self.llm.embed_ids(input_ids)
         if features.shape[0] == 0:  # keep the input resampler in the graph (DDP / ZeRO need every grad)
             dummy = sum(p.sum() for p in self.input_resampler.parameters() if p.requires_grad)
             return embeds + 0.0 * dummy
         tokens = self.input_resampler(features.to(self.input_resampler.query.dtype))
+        tokens = tokens.flatten(0, 1) if image_tokens is None else tokens[image_tokens.to(tokens.device)]
         expected = int(cmp_mask.sum())
-        if tokens.shape[0] * tokens.shape[1] != expected:
-            raise RuntimeError(f"{tokens.shape[0]} input images x {tokens.shape[1]} tokens for {expected} image positions")
+        if tokens.shape[0] != expected:
+            raise RuntimeError(f"{features.shape[0]} input images give {tokens.shape[0]} tokens for {expected} image positions")
         # Row-major positions, the order the images come in. Indexing by positions (not masked_scatter)
         # lets the mask live on the CPU while the model is on the meta device (the shape check).
         positions = tuple(p.to(embeds.device) for p in cmp_mask.nonzero(as_tuple=True))
-        return embeds.index_put(positions, tokens.flatten(0, 1).to(embeds.dtype))
+        return embeds.index_put(positions, tokens.to(embeds.dtype))
 
     def forward(self, input_ids: torch.Tensor, features: torch.Tensor, cmp_mask: torch.Tensor,
-                attention_mask: torch.Tensor, position_ids: torch.Tensor | None = None) -> torch.Tensor:
+                attention_mask: torch.Tensor, position_ids: torch.Tensor | None = None,
+                image_tokens: torch.Tensor | None = None) -> torch.Tensor:
         """Last-layer hidden states [B,L,D]."""
-        return self.llm(self.embed(input_ids, features, cmp_mask), attention_mask, position_ids)
+        return self.llm(self.embed(input_ids, features, cmp_mask, image_tokens), attention_mask, position_ids)
 
     def regress(self, hidden: torch.Tensor, gen_mask: torch.Tensor) -> torch.Tensor:
         """Hidden states at the target images' K positions -> their regressed features [N_gen,Q,E]."""

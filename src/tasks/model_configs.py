@@ -158,6 +158,19 @@ class DetokenizerModelConfig:
 
 # ---- SEED-Story stage 2 (src/tasks/story_sft.py) -------------------------------------------------------
 @dataclass
+class SinkShapedSettings:     # samples shaped as the multimodal-sink cache holds a story (ours; src/models/story_cache.py)
+    probability: float = 0.0  # share of training samples that are sink-shaped (the rest: context_beats)
+    window: str = "random"    # random: the window drawn in 1..window_images per sample | fixed: window_images
+    window_images: int = 8    # generation's window (sink.window_images)
+    first_tokens: int = 4     # the cache's other settings, as generation's SinkSettings
+    sink_images: Optional[int] = 1
+    before_boi: int = 4
+    after_boi: int = 8
+    before_eoi: int = 8
+    after_eoi: int = 4
+
+
+@dataclass
 class StorySFTModelConfig:
     llm: str = "pretrained/Llama-2-7b-hf"     # a Hugging Face causal-LM folder with its tokenizer
     llm_dtype: str = "bfloat16"               # the LLM's stored weights (trained ones stay fp32 masters)
@@ -176,6 +189,7 @@ class StorySFTModelConfig:
     separator: str = "[INST]"                 # the literal text between beats (released)
     supervision: str = "every"                # every (one causal pass, every beat) | last (released)
     context_beats: str = "random"             # random (n ~ U{0..F-2}, released) | all
+    sink_shaped: SinkShapedSettings = field(default_factory=SinkShapedSettings)
     max_length: int = 1280                    # tokens; longer samples are cut by whole beats from the front
     ce_weight: float = 1.0
     regression_weight: float = 1.0

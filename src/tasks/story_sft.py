@@ -7,6 +7,12 @@ By default every beat after the first is supervised in one causal pass, its text
 `model.max_length` tokens is cut by whole beats from the front; the number of cut samples is logged
 every step (`train/samples_cut`, and `train/samples_cut_total` since the process started).
 
+Sink-shaped samples (ours, `model.sink_shaped`): with probability `probability` a sample is instead the
+context the multimodal-sink cache holds when generation writes a beat (story_sequence.sink_sequence):
+the first tokens and the head and tail of the last evicted images, then a window of whole beats and the
+target, re-indexed from 0 as the cache re-rotates them; the window is drawn in 1..window_images
+(`window: random`) so that a 10-beat training story also shows fragments of mid-story beats.
+
 Loss: ce_weight * CE on the supervised tokens + regression_weight * (1 - cos) between the regressed and
 the frozen visual tokenizer's features of every target image (`regression_loss: mse` as an option).
 
@@ -26,9 +32,10 @@ import torch.nn.functional as F
 
 from src.data.datasets import StoryDataset
 from src.data.stories import StoryFormatError
-from src.data.story_sequence import SUPERVISION, BeatText, SpecialIds, build_sequence, fit_sequence, pad_batch
+from src.data.story_sequence import SUPERVISION, BeatText, SpecialIds, build_sequence, fit_sequence, pad_batch, sink_sequence
 from src.models.llm_with_image_tokens import EMBEDDINGS, LLMWithImageTokens
 from src.models.pretrained import is_config_only
+from src.models.story_cache import SinkSettings
 from src.models.story_mllm import BOI, EOI, REGRESSION_LOSSES, StoryMLLM, regression_loss, seed_token_names
 from src.models.visual_tokenizer import INPUT_RESAMPLE, build_visual_tokenizer
 from src.tasks.base import Task
@@ -39,6 +46,7 @@ SELECTION_MASKS = ("cmp_mask", "gen_mask", "targets")  # the sequence tensors th
 CHOICES = {"llm_mode": ("frozen", "lora", "full"), "embeddings": EMBEDDINGS, "supervision": SUPERVISION,
            "context_beats": ("random", "all"), "regression_loss": REGRESSION_LOSSES,
            "llm_dtype": ("float32", "bfloat16", "float16")}
+SINK_WINDOWS = ("random", "fixed")  # model.sink_shaped.window
 
 
 def check_two_beats(jsonl: Path, stories: list) -> None:
@@ -56,6 +64,12 @@ def beat_text(llm: LLMWithImageTokens, caption: str, separator: str) -> BeatText
     return BeatText(opening=tuple(llm.text_ids_in_context(caption, after=BOI)),
                     continued=tuple(llm.text_ids_in_context(separator + caption, before=EOI, after=BOI)),
                     response=tuple(llm.text_ids_in_context(separator + caption, after=BOI)))
+
+
+def sink_settings(sink) -> dict:
+    """model.sink_shaped's cache settings as SinkSettings' keyword arguments."""
+    keys = ("window_images", "first_tokens", "sink_images", "before_boi", "after_boi", "before_eoi", "after_eoi")
+    return {key: getattr(sink, key) for key in keys}
 
 
 class StorySFTTask(Task):
@@ -80,8 +94,24 @@ class StorySFTTask(Task):
                                   eoi=self.mllm.eoi_id, img=self.mllm.image_ids,
                                   separator=tuple(llm.text_ids_in_context(m.separator, before=EOI)))
         self.samples_cut_total = 0
+        self.check_sink_shaped(m.sink_shaped)
         if m.init_weights and not is_config_only():  # the shape check reads no weights
             self.load_init_weights(m.init_weights)
+
+    @staticmethod
+    def check_sink_shaped(sink) -> None:
+        if not 0 <= sink.probability <= 1:
+            raise ValueError(f"key 'model.sink_shaped.probability': {sink.probability} is not in [0, 1]")
+        if sink.window not in SINK_WINDOWS:
+            raise ValueError(f"key 'model.sink_shaped.window': '{sink.window}' is not one of {', '.join(SINK_WINDOWS)}")
+        if sink.window_images < 1:
+            raise ValueError(f"key 'model.sink_shaped.window_images': {sink.window_images}; must be at least 1")
+        if sink.sink_images is not None and sink.sink_images < 0:
+            raise ValueError(f"key 'model.sink_shaped.sink_images': {sink.sink_images}; must be at least 0 "
+                             f"(or null: every evicted image)")
+        for key in ("first_tokens", "before_boi", "after_boi", "before_eoi", "after_eoi"):
+            if getattr(sink, key) < 0:
+                raise ValueError(f"key 'model.sink_shaped.{key}': {getattr(sink, key)}; must be at least 0")
 
     def load_init_weights(self, path: str) -> None:
         """model.init_weights: a trainable.safetensors of this task (a run's checkpoint, or converted
@@ -138,8 +168,14 @@ class StorySFTTask(Task):
         # mask keeps its real size, a meta mask would select everything.
         masks_on = torch.device("cpu") if device.type == "meta" else device
         t = {k: v.to(masks_on if k in SELECTION_MASKS else device) for k, v in pad_batch(seqs, self.special.eos).items()}
+        image_tokens = None  # every input image whole, unless a sink-shaped sample holds fragments of some
+        k = self.mllm.num_image_tokens
+        if any(len(kept) < k for s in seqs for kept in s.input_tokens):
+            image_tokens = torch.zeros(len(inputs), k, dtype=torch.bool, device=masks_on)
+            for i, kept in enumerate(kept for s in seqs for kept in s.input_tokens):
+                image_tokens[i, list(kept)] = True
         hidden = self.mllm(t["input_ids"], features[[row[i] for i in inputs]], t["cmp_mask"], t["attention_mask"],
-                           t["position_ids"])
+                           t["position_ids"], image_tokens)
         return {"hidden": hidden, "t": t, "target_features": features[[row[i] for i in targets]],
                 "regressed": self.mllm.regress(hidden, t["gen_mask"])}
 
@@ -155,6 +191,28 @@ class StorySFTTask(Task):
                 m.regression_loss: regression.detach(), "tokens": t["valid"].sum().float() / len(seqs),
                 "images": torch.tensor(float(regressed.shape[0]))}
 
+    def sink_shaped(self, captions: list[BeatText], frames: int, where: str):
+        """A sink-shaped sample of a story of `frames` beats (story_sequence.sink_sequence), or None when
+        the story is too short to evict a beat (3 beats at least). The window w is drawn in
+        1..min(window_images, F-2) (`window: random`) or is window_images, the target beat in w+1..F-1,
+        both from the global RNG; a sample longer than model.max_length drops whole window beats."""
+        m = self.cfg.model
+        s = m.sink_shaped
+        top = min(s.window_images, frames - 2)
+        if top < 1:
+            return None
+        window = 1 + int(torch.randint(0, top, ())) if s.window == "random" else top
+        last = window + 1 + int(torch.randint(0, frames - 1 - window, ()))
+        while True:
+            seq = sink_sequence(captions, last, self.special,
+                                SinkSettings(**{**sink_settings(s), "window_images": window}), m.supervision)
+            if len(seq) <= m.max_length:
+                return seq
+            if window == 1:
+                raise ValueError(f"{where}: a sink-shaped sample of beat {last} with a one-beat window takes "
+                                 f"{len(seq)} tokens, more than model.max_length={m.max_length}")
+            window -= 1
+
     def training_step(self, batch: dict) -> dict:
         m = self.cfg.model
         beats = batch["num_beats"]
@@ -163,6 +221,13 @@ class StorySFTTask(Task):
         else:
             lasts = [f - 1 for f in beats]
         seqs, cut = self.sequences(batch, lasts, m.supervision)
+        if m.sink_shaped.probability > 0:  # drawn only then: a recipe without sink-shaped samples keeps its RNG stream
+            for b, (captions, frames, sid) in enumerate(zip(batch["caption_ids"], beats, batch["story_id"])):
+                if float(torch.rand(())) < m.sink_shaped.probability:
+                    seq = self.sink_shaped(captions, frames, f"story '{sid}'")
+                    if seq is not None:
+                        cut -= seqs[b].first > 0
+                        seqs[b] = seq
         self.samples_cut_total += cut
         out = self.losses(batch, seqs)
         out["samples_cut"] = torch.tensor(float(cut))
