@@ -13,7 +13,9 @@ from tests.conftest import REPO
 
 
 def bash(script: str, *args: str, env: dict | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run(["bash", script, *args], cwd=REPO, capture_output=True, text=True, timeout=120,
+    # The timeout only catches a hung script: the refusals that import torch first took over 120 s on a
+    # shared CPU under load (2 cores, load average 8), so it is generous.
+    return subprocess.run(["bash", script, *args], cwd=REPO, capture_output=True, text=True, timeout=600,
                           env={**os.environ, **(env or {})})
 
 
