@@ -96,3 +96,52 @@ def stage1_run(tmp_path_factory, toy_root, tiny_root) -> Path:
                  f"output_root={out}", "logging.tensorboard=false", "train.batch_size=4", "train.max_steps=2",
                  "train.checkpoint_every=2", "sample.num_stories=1", "sample.num_inference_steps=1", "run_name=s1"]) == 0
     return out / "char_ldm" / "toy" / "s1"
+
+# `slow` beyond the tests marked in their files: every test that needs a session training fixture, and the
+# tests that took over 5 s in a full run on 2 cores (pytest --durations, 2026-12-07). CI runs them all;
+# `bash scripts/test.sh --fast` leaves them out.
+SLOW_FIXTURES = {"stage1_run", "seed_runs", "align_run", "demo", "demo_root"}
+SLOW_TESTS = (
+    "tests/test_align.py::test_tiny_llms_load_through_the_auto_classes_and_pretraining_lowered_perplexity",
+    "tests/test_assets.py::test_processes_started_together_build_the_toy_dataset_once",
+    "tests/test_bad_images.py::test_ldm_entry_names_the_bad_image",
+    "tests/test_bad_images.py::test_story_sft_entry_names_the_bad_image",
+    "tests/test_bench_story_context.py::test_each_mode_is_scored_by_the_reference_datasets_classifier",
+    "tests/test_bench_story_context.py::test_sink_images_rows_the_released_refill_the_spread_the_bins_the_text_and_the_plot",
+    "tests/test_bench_story_context.py::test_without_the_trained_classifier_the_bench_stops_in_one_line",
+    "tests/test_demos.py::test_an_interrupted_stage_continues_from_its_checkpoint",
+    "tests/test_demos.py::test_the_chain_trains_three_stages_and_scores_val_stories",
+    "tests/test_demos.py::test_the_default_demo_trains_char_ldm_and_scores_its_test_stories",
+    "tests/test_entry_errors.py::test_eval_run_names_the_broken_story_line",
+    "tests/test_entry_errors.py::test_generate_names_the_broken_story_line",
+    "tests/test_entry_errors.py::test_train_names_the_broken_story_line",
+    "tests/test_latent_cache.py::test_killed_run_with_the_cache_resumes_exactly",
+    "tests/test_loop_logging.py::test_logging_rarely_changes_neither_the_logged_values_nor_the_weights_nor_adds_host_reads",
+    "tests/test_shape_check.py::test_detokenizer_recipe_sdxl_unet_and_qwen_vit_at_real_size",
+    "tests/test_story.py::test_story_sh_reports_a_bad_story_in_one_line",
+    "tests/test_story_adapt.py::test_a_resumed_run_matches_and_generation_draws_with_the_adapted_detokenizer",
+    "tests/test_story_adapt.py::test_loss_falls_on_a_tiny_batch",
+    "tests/test_story_eval.py::test_eval_sh_generates_and_scores_stories_beat_by_beat",
+    "tests/test_story_sft.py::test_loss_falls_through_the_real_entry",
+    "tests/test_story_sft_zero.py::test_zero2_run_consolidates_exactly_the_trainable_weights",
+    "tests/test_tiny_stack.py::test_ensure_rebuilds_an_incomplete_stack_identically_and_keeps_other_tools_files",
+    "tests/test_tiny_stack.py::test_stack_has_every_file_and_records_what_was_built",
+    "tests/test_train_char_ldm.py::test_char_ldm_loss_falls_and_both_extra_losses_run",
+    "tests/test_train_char_ldm.py::test_resumed_char_ldm_run_matches_an_uninterrupted_one",
+    "tests/test_train_detokenizer.py::test_loss_falls_and_reconstructions_are_written",
+    "tests/test_train_detokenizer.py::test_resumed_run_matches_an_uninterrupted_one",
+    "tests/test_train_ldm.py::test_baseline_loss_falls_well_below_its_start",
+    "tests/test_train_ldm.py::test_generate_rejects_weights_of_another_model",
+    "tests/test_train_ldm.py::test_generate_writes_the_story_layout_deterministically",
+    "tests/test_train_ldm.py::test_killed_run_resumes_to_the_same_weights_as_an_uninterrupted_run",
+    "tests/test_train_ldm.py::test_starting_over_an_existing_run_is_refused",
+    "tests/test_train_ldm.py::test_two_process_cpu_training",
+    "tests/test_train_zero.py::test_zero2_ema_equals_a_ddp_runs",
+    "tests/test_train_zero.py::test_zero_run_trains_resumes_exactly_and_consolidates_weights",
+)
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if SLOW_FIXTURES & set(getattr(item, "fixturenames", ())) or item.nodeid.split("[")[0] in SLOW_TESTS:
+            item.add_marker(pytest.mark.slow)
