@@ -20,9 +20,13 @@ class TinyTask(Task):
 class OneProcess:
     """The slice of accelerate's Accelerator that checkpointing uses, for a single process."""
     is_main_process, process_index, num_processes = True, 0, 1
+    device = torch.device("cpu")
 
     def wait_for_everyone(self):
         pass
+
+    def print(self, *args):
+        print(*args)
 
 
 def parts():
@@ -128,3 +132,20 @@ def test_a_deepspeed_resume_checks_the_trainable_names_and_shapes(tmp_path):
     task.trained.weight.data = torch.zeros(0)   # a ZeRO-3 partition: empty locally, its full shape recorded
     task.trained.weight.ds_shape = torch.Size([2, 4])
     check_trainable_names(task, file)
+
+
+def test_a_resume_with_another_cpu_thread_count_says_it_will_not_be_bit_exact(tmp_path, capsys):
+    """On a CPU, reductions split over another number of threads round differently (issue 25: a two-machine
+    resume on 2 threads per process ended a few bits off a straight run on 1)."""
+    task, optimizer, scheduler = parts()
+    path = ckpt.save_checkpoint(tmp_path, 1, task, optimizer, scheduler, None, OneProcess(), keep_last=1)
+    threads = torch.get_num_threads()
+    assert json.loads((path / "trainer_state.json").read_text())["cpu_threads"] == threads
+    ckpt.load_checkpoint(path, *parts(), None, OneProcess())
+    assert "CPU threads" not in capsys.readouterr().out
+    try:
+        torch.set_num_threads(threads + 1)
+        ckpt.load_checkpoint(path, *parts(), None, OneProcess())
+    finally:
+        torch.set_num_threads(threads)
+    assert f"saved with {threads} CPU threads per process and resumes with {threads + 1}" in capsys.readouterr().out

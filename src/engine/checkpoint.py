@@ -7,7 +7,7 @@ Layout of `<run>/checkpoints/step_000500/`:
   optimizer.pt scheduler.pt  optimizer and LR-schedule state (optimizer.pt is empty under DeepSpeed)
   deepspeed/              under DeepSpeed: its own sharded checkpoint (trainable weights and optimizer)
   rng_state_<rank>.pt     python/numpy/torch(/cuda) generators of every process
-  trainer_state.json      step, EMA counters, world size; written last
+  trainer_state.json      step, EMA counters, world size, CPU threads per process; written last
 
 A checkpoint is written into `step_000500.tmp` and renamed into place only when complete, so a run
 killed while saving leaves the previous checkpoint as the latest. "latest" is the highest-numbered
@@ -87,7 +87,9 @@ def save_checkpoint(root: Path, step: int, task, optimizer, scheduler, ema, acce
             save_file({n: t.contiguous().cpu() for n, t in ema_weights.items()}, tmp / "ema.safetensors")
         torch.save({} if _uses_deepspeed(accelerator) else optimizer.state_dict(), tmp / "optimizer.pt")
         torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
-        state = {"step": step, "world_size": accelerator.num_processes, "ema": ema_counters}
+        # threads per process: on a CPU, reductions split over another number of threads round differently
+        state = {"step": step, "world_size": accelerator.num_processes, "ema": ema_counters,
+                 "cpu_threads": torch.get_num_threads()}
         (tmp / "trainer_state.json").write_text(json.dumps(state, indent=2))
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
@@ -119,6 +121,11 @@ def load_checkpoint(path: Path, task, optimizer, scheduler, ema, accelerator, mo
     if state["world_size"] != accelerator.num_processes:
         raise ValueError(f"{path}: saved by {state['world_size']} processes, resumed with "
                          f"{accelerator.num_processes}; exact resume needs the same number")
+    saved_threads = state.get("cpu_threads")  # absent in checkpoints written before it was recorded
+    if accelerator.device.type == "cpu" and saved_threads not in (None, torch.get_num_threads()):
+        accelerator.print(f"note: {path} was saved with {saved_threads} CPU threads per process and resumes with "
+                          f"{torch.get_num_threads()} (OMP_NUM_THREADS): the run continues, but its weights will "
+                          "differ in the last bits from an uninterrupted run's")
     if not _uses_deepspeed(accelerator):  # under DeepSpeed its own checkpoint restores weights and masters
         load_weights(task, path / "trainable.safetensors")
     if ema is not None:
