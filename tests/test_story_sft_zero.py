@@ -13,7 +13,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from tests.test_train_ldm import free_port, run
+from tests.ports import free_port
+from tests.test_train_ldm import run
 
 RECIPE = "configs/story_sft/toy.yaml"
 

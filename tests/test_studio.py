@@ -6,7 +6,6 @@ the runs tab reads a run's summary and losses. Run discovery is checked on folde
 from __future__ import annotations
 
 import json
-import socket
 from pathlib import Path
 
 import pytest
@@ -14,15 +13,10 @@ from gradio_client import Client, handle_file
 from gradio_client.exceptions import AppError
 
 from src.studio.discovery import find_runs, reports_of
+from tests.ports import free_port
 
 STORY = "Ada walked on the beach.\nBob ran in the forest.\nAda met Bob in the city."
 NO_CHARACTERS = ["", None] * 3
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @pytest.fixture(scope="module")

@@ -10,10 +10,11 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
 from pathlib import Path
 
 import pytest
+
+from tests.ports import free_port
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 CHROMEDRIVER = shutil.which("chromedriver") or "/usr/bin/chromedriver"
@@ -25,12 +26,6 @@ STORY = "Ada walked on the beach.\nBob ran in the forest.\nAda met Bob in the ci
 HAVE_BROWSER = Path(CHROMIUM).is_file() and Path(CHROMEDRIVER).is_file()
 pytestmark = pytest.mark.skipif(not HAVE_BROWSER and not os.environ.get("STORYVIZ_REQUIRE_BROWSER"),
                                 reason="no headless Chromium here (apt-get install chromium chromium-driver; .ci/run does)")
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @pytest.fixture(scope="module")

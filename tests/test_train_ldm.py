@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -16,6 +15,7 @@ import torch
 from safetensors.torch import load_file
 
 from src.engine.tracking import read_metrics
+from tests.ports import free_port
 
 REPO = Path(__file__).resolve().parent.parent
 RECIPE = "configs/char_ldm/toy.yaml"
@@ -103,12 +103,6 @@ def test_starting_over_an_existing_run_is_refused(ldm_overrides):
     run(train_cmd(overrides))
     proc = subprocess.run(train_cmd(overrides), cwd=REPO, capture_output=True, text=True, timeout=300)
     assert proc.returncode != 0 and "train.resume=latest" in proc.stderr
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def test_two_process_cpu_training(ldm_overrides):

@@ -21,7 +21,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from tests.test_train_ldm import RECIPE, REPO, final_weights, free_port, run, run_dir
+from tests.ports import free_port
+from tests.test_train_ldm import RECIPE, REPO, final_weights, run, run_dir
 
 CASES = {  # task overrides, optimizer, stage, machines the kill and resume run on
     "zero2": ([], "DeepSpeedZeroOptimizer", 2, 2),
