@@ -35,6 +35,18 @@ def step_dir_name(step: int) -> str:
     return f"step_{step:06d}"
 
 
+def computed_on() -> dict:
+    """What a run or a build was computed on, beyond its seeds (summary.json, the tiny stack's stack.json).
+    On a CPU the last bits of a result depend on the threads per process (reductions are split over them)
+    and, in bf16, on the instruction set (native AVX-512 BF16 kernels or not): a figure reproduces to the
+    digit only where these match (docs/results_storygpt_v.md, "The demo's checkpoint")."""
+    import torch
+
+    return {"torch": torch.__version__, "cpu_threads": torch.get_num_threads(),
+            "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+            "cuda_device": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None}
+
+
 # ---- checkpoints ------------------------------------------------------------------------------------
 def list_checkpoints(root: Path) -> list[Path]:
     """Complete checkpoints under `root` (a run's checkpoints/ folder), oldest first."""

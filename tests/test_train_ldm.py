@@ -94,6 +94,7 @@ def test_killed_run_resumes_to_the_same_weights_as_an_uninterrupted_run(ldm_over
     # summary.json times the steps after the resume; a resume with nothing left to train keeps it as it is
     summary = json.loads((killed / "summary.json").read_text())
     assert (summary["final_step"], summary["resumed_from_step"]) == (16, stopped_at)
+    assert summary["computed_on"]["cpu_threads"] >= 1 and summary["computed_on"]["cpu_capability"]
     run(train_cmd(common + ["run_name=killed", "train.resume=latest"]))
     assert json.loads((killed / "summary.json").read_text()) == summary
 

@@ -219,7 +219,8 @@ def train(cfg) -> Path:
     # A resume that had nothing left to train keeps the summary of the session that trained (its minutes).
     if accelerator.is_main_process and not (step == start_step and (run_dir / "summary.json").is_file()):
         summary = {"final_step": step, "resumed_from_step": start_step, "last_checkpoint": last_saved,
-                   "minutes": (time.time() - started) / 60}  # this session's minutes: steps after resumed_from_step
+                   "minutes": (time.time() - started) / 60,  # this session's minutes: steps after resumed_from_step
+                   "computed_on": runs.computed_on()}
         trackers.write_summary(summary)
     return run_dir
 

@@ -4,7 +4,8 @@ the same `from_pretrained` code serves the toy and the real run (docs/architectu
     <out_dir>/stable-diffusion-v1-5/   diffusers StableDiffusionPipeline folder (unet, vae, text_encoder,
                                        tokenizer, scheduler; no safety checker)
     <out_dir>/clip/                    CLIPModel + CLIPImageProcessor + tokenizer (clip-vit-large-patch14)
-    <out_dir>/stack.json               what was built: config, seed, parameter counts, VAE reconstruction
+    <out_dir>/stack.json               what was built: config, seed, parameter counts, VAE reconstruction, and
+                                       what it was computed on (threads, instruction set: src.runs.computed_on)
 
 A build goes into a temporary sibling folder and is renamed into place only when complete, under a file
 lock, so a killed build never leaves a folder that looks complete and concurrent callers build once.
@@ -24,6 +25,7 @@ from typing import Optional, Union
 from diffusers import StableDiffusionPipeline
 from filelock import FileLock
 
+from src.runs import computed_on
 from src.tools.tiny.config import TinyStackConfig, load_tiny_config
 from src.tools.tiny.models import (
     build_clip_model,
@@ -207,6 +209,7 @@ def _build_into(folder: Path, data_root: Path, config: TinyStackConfig) -> None:
         },
         "vae_reconstruction": reconstruction,
         "build_seconds": round(time.perf_counter() - started, 2),
+        "computed_on": computed_on(),  # the VAE's training rounds differently with another thread count
     }
     _write_json(folder / STACK_FILE, record)  # written last: its presence marks a finished build
 
