@@ -139,7 +139,8 @@ def test_loss_falls_on_a_tiny_batch(overrides):
     losses = [m["train/loss"] for m in metrics if "train/loss" in m]
     assert len(losses) == 30
     start, end = sum(losses[:5]) / 5, sum(losses[-10:]) / 10
-    assert end < 0.6 * start, f"loss went from {start:.3f} to {end:.3f}"
+    # 0.44-0.53 over seeds 0-4 (docs/architecture.md, "Loss thresholds"): 0.6 left a margin of 0.07
+    assert end < 0.7 * start, f"loss went from {start:.3f} to {end:.3f}"
     assert any("val/loss" in m for m in metrics) and (run_dir(run, "learn") / "best").is_dir()
 
 

@@ -11,6 +11,7 @@ import torch
 from safetensors.torch import load_file
 
 from src.engine.tracking import read_metrics
+from tests.denoising import fixed_denoising_loss
 
 REPO = Path(__file__).resolve().parent.parent
 RECIPE = "configs/char_ldm/toy.yaml"
@@ -30,11 +31,13 @@ def test_char_ldm_loss_falls_and_both_extra_losses_run(char_ldm_overrides):
     overrides = char_ldm_overrides + ["run_name=learn", "train.max_steps=50", "optim.warmup_steps=5",
                                       "train.checkpoint_every=50", "model.mask_loss_prob=0.5"]
     train(overrides)
-    metrics = read_metrics(run_dir(overrides, "learn"))
+    folder = run_dir(overrides, "learn")
+    metrics = read_metrics(folder)
     assert len(metrics) == 50
-    losses = [m["train/mse"] for m in metrics]
-    start, end = sum(losses[:5]) / 5, sum(losses[-10:]) / 10
-    assert end < 0.5 * start, f"denoising loss went from {start:.3f} to {end:.3f}"
+    # on fixed frames, timesteps and noise (tests/denoising.py says why): 0.816-0.827 over seeds 0-4
+    start = fixed_denoising_loss(folder)
+    end = fixed_denoising_loss(folder, folder / "checkpoints" / "step_000050" / "trainable.safetensors")
+    assert end < 0.9 * start, f"denoising loss went from {start:.3f} to {end:.3f}"
     attention = [m["train/attention"] for m in metrics]
     assert all(a != 0 for a in attention)   # every batch of 8 has a named, masked character
     assert sum(attention[-10:]) / 10 < sum(attention[:5]) / 5, "attention did not move into the masks"
