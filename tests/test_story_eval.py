@@ -40,7 +40,7 @@ def evaluated(story_runs, seed_stack):
     out = story_runs["tmp"] / "eval"
     overrides = protocol_overrides(story_runs, seed_stack) + [
         "story.num_stories=2", "story.beats=4", "story.temperature=0", "story.max_text_tokens=10",
-        "story.window_images=2", "story.sink_images=0"]
+        "story.window_images=2", "story.context=multimodal_sink", "story.sink_images=0"]  # toy's default: window
     env = {**os.environ, "EVAL_OUT": str(out), "OMP_NUM_THREADS": "1"}
     proc = subprocess.run(["bash", "eval.sh", "toy_story", str(story_runs["mllm"]), str(story_runs["detok"]),
                            *overrides], cwd=REPO, env=env, capture_output=True, text=True)
