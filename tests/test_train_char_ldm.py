@@ -11,7 +11,7 @@ import torch
 from safetensors.torch import load_file
 
 from src.engine.tracking import read_metrics
-from tests.denoising import fixed_denoising_loss
+from tests.denoising import fixed_denoising_losses
 
 REPO = Path(__file__).resolve().parent.parent
 RECIPE = "configs/char_ldm/toy.yaml"
@@ -35,8 +35,7 @@ def test_char_ldm_loss_falls_and_both_extra_losses_run(char_ldm_overrides):
     metrics = read_metrics(folder)
     assert len(metrics) == 50
     # on fixed frames, timesteps and noise (tests/denoising.py says why): 0.816-0.827 over seeds 0-4
-    start = fixed_denoising_loss(folder)
-    end = fixed_denoising_loss(folder, folder / "checkpoints" / "step_000050" / "trainable.safetensors")
+    start, end = fixed_denoising_losses(folder, folder / "checkpoints" / "step_000050" / "trainable.safetensors")
     assert end < 0.9 * start, f"denoising loss went from {start:.3f} to {end:.3f}"
     attention = [m["train/attention"] for m in metrics]
     assert all(a != 0 for a in attention)   # every batch of 8 has a named, masked character
